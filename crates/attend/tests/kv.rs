@@ -218,7 +218,7 @@ fn chunks_in_clips_token_range() {
     );
 }
 
-/// Every cache kind, as a trait object.
+/// Builds every cache kind as a trait object.
 fn all_kinds(dtype: KvDtype) -> Vec<(&'static str, Box<dyn KvCache>)> {
     vec![
         (

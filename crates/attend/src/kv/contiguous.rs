@@ -7,8 +7,9 @@ use super::{check_append, KvCache, KvConfig, KvError, KvSeqView, SeqId};
 
 /// One sequence's rows.
 ///
-/// Invariant: tokens `0..len` sit in slots `0..len` in append order; `len` equals the
-/// tokens seen since the sequence was added or reset and never exceeds the capacity.
+/// Invariant: tokens `0..len` sit in slots `0..len` in append order. The write offset
+/// `len` equals the tokens seen since the sequence was added or reset, and it never
+/// exceeds the capacity.
 #[derive(Debug, Clone)]
 struct ContiguousSeq {
     k: RowStore,

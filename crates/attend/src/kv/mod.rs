@@ -180,7 +180,8 @@ pub trait KvCache {
     /// [`KvError::SequenceNotFound`].
     fn view(&self, seq: SeqId) -> Result<KvSeqView<'_>, KvError>;
 
-    /// Returns the number of tokens `seq` holds now (at most the window for a rolling cache).
+    /// Returns the number of tokens cached for `seq` now (at most `sinks + window` for a
+    /// rolling cache).
     ///
     /// # Errors
     /// [`KvError::SequenceNotFound`].

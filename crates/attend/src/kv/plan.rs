@@ -43,7 +43,7 @@ pub struct KvPlan {
     pub blocks: Option<u64>,
     /// All layers for the whole batch.
     pub total_bytes: u64,
-    /// What all layers would take with no window.
+    /// Bytes of all layers if no layer had a window.
     pub total_bytes_without_window: u64,
     /// `total_bytes_without_window - total_bytes`.
     pub window_saving_bytes: u64,
@@ -117,13 +117,13 @@ pub fn plan_kv_memory(request: &KvPlanRequest) -> Result<KvPlan, KvError> {
     let batch = request.batch as u64;
 
     let round = |tokens: u64| match request.block_size {
-        Some(bs) => tokens.div_ceil(bs as u64) * bs as u64,
-        None => tokens,
+        Some(bs) => mul(tokens.div_ceil(bs as u64), bs as u64),
+        None => Ok(tokens),
     };
     let context = request.context as u64;
     let sliding_tokens = request.window.map_or(context, |w| context.min(w as u64));
-    let tokens_per_full_layer = round(context);
-    let tokens_per_sliding_layer = round(sliding_tokens);
+    let tokens_per_full_layer = round(context)?;
+    let tokens_per_sliding_layer = round(sliding_tokens)?;
 
     let full_layer_bytes = mul(
         mul(tokens_per_full_layer, bytes_per_token_per_layer)?,
@@ -139,8 +139,11 @@ pub fn plan_kv_memory(request: &KvPlanRequest) -> Result<KvPlan, KvError> {
     let total_bytes_without_window = mul(full_layer_bytes, layers)?;
     let blocks = match request.block_size {
         Some(bs) => {
-            let per_sequence = (tokens_per_full_layer / bs as u64) * full_layers
-                + (tokens_per_sliding_layer / bs as u64) * sliding_layers;
+            let full_blocks = mul(tokens_per_full_layer / bs as u64, full_layers)?;
+            let sliding_blocks = mul(tokens_per_sliding_layer / bs as u64, sliding_layers)?;
+            let per_sequence = full_blocks
+                .checked_add(sliding_blocks)
+                .ok_or_else(overflow)?;
             Some(mul(per_sequence, batch)?)
         }
         None => None,

@@ -25,7 +25,7 @@ impl KvChunk<'_> {
     }
 }
 
-/// How a view's tokens map to storage slots.
+/// Mapping from a view's tokens to storage slots.
 #[derive(Debug, Clone, Copy)]
 enum Runs<'a> {
     /// Up to three `(first_slot, count)` runs, in position order (rolling caches need
@@ -45,7 +45,7 @@ enum Runs<'a> {
 
 /// The cached tokens of one sequence, in position order, as a few contiguous chunks.
 ///
-/// A view borrows the cache, so the cache cannot change while a view exists; views of
+/// A view borrows the cache, so the cache cannot change while a view exists. Views of
 /// several sequences can be held at once and shared across threads.
 #[derive(Debug, Clone, Copy)]
 pub struct KvSeqView<'a> {
@@ -83,8 +83,8 @@ impl<'a> KvSeqView<'a> {
         }
     }
 
-    /// The caller checked every block index against the pool and
-    /// `last_block_len <= block_size` (0 only with no blocks).
+    /// Creates a view over pool blocks. The caller checked every block index against the
+    /// pool and `last_block_len <= block_size` (0 only with no blocks).
     pub(crate) fn from_blocks(
         config: KvConfig,
         k: &'a RowStore,
