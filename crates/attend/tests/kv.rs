@@ -482,3 +482,76 @@ fn half_types_round_to_nearest() {
         }
     }
 }
+
+#[test]
+fn views_are_send_and_sync() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<attend::kv::KvSeqView<'static>>();
+    shareable::<attend::kv::KvChunk<'static>>();
+    shareable::<PagedCache>();
+}
+
+#[test]
+fn kinds_agree_bitwise_for_every_dtype() {
+    // Quantisation is per token and head, so every kind stores the same bits for the same
+    // rows: the rolling cache equals the contiguous cache's last `window` tokens, and the
+    // paged cache equals it whole, at lengths on and around a block boundary.
+    let c = |dtype| KvConfig::new(3, 5, dtype);
+    for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Bf16, KvDtype::Int8] {
+        for len in [1usize, 15, 16, 17, 40] {
+            let k = noise(len * 15, len as u64, 2.0);
+            let v = noise(len * 15, 100 + len as u64, 0.5);
+            let positions: Vec<u32> = (0..len as u32).map(|p| 3 * p + 1).collect();
+
+            let mut contiguous = ContiguousCache::new(c(dtype), 64).unwrap();
+            let mut rolling = RollingCache::new(c(dtype), 7, 0).unwrap();
+            let mut paged = PagedCache::new(c(dtype), 4, 16).unwrap();
+            for cache in [
+                &mut contiguous as &mut dyn KvCache,
+                &mut rolling,
+                &mut paged,
+            ] {
+                cache.add_sequence(A).unwrap();
+                // Half in one call, then one token at a time, as prefill then decode.
+                let split = len / 2;
+                cache
+                    .append(A, &k[..split * 15], &v[..split * 15], &positions[..split])
+                    .unwrap();
+                for t in split..len {
+                    cache
+                        .append(
+                            A,
+                            &k[t * 15..(t + 1) * 15],
+                            &v[t * 15..(t + 1) * 15],
+                            &positions[t..=t],
+                        )
+                        .unwrap();
+                }
+            }
+
+            let full = contiguous.view(A).unwrap().to_dense();
+            assert_eq!(
+                paged.view(A).unwrap().to_dense(),
+                full,
+                "{dtype} paged, {len} tokens"
+            );
+            let kept = len.min(7);
+            let window = rolling.view(A).unwrap().to_dense();
+            assert_eq!(
+                window.positions,
+                &full.positions[len - kept..],
+                "{dtype} rolling, {len} tokens"
+            );
+            assert_eq!(
+                window.k,
+                &full.k[(len - kept) * 15..],
+                "{dtype} rolling, {len} tokens"
+            );
+            assert_eq!(
+                window.v,
+                &full.v[(len - kept) * 15..],
+                "{dtype} rolling, {len} tokens"
+            );
+        }
+    }
+}
