@@ -322,6 +322,105 @@ fn inverse_frequencies_match_twin() {
     }
 }
 
+fn frequencies(head_dim: usize, scaling: RopeScaling, seq_len: usize) -> (Vec<f64>, f64) {
+    let config = RopeConfig {
+        scaling,
+        ..RopeConfig::new(head_dim, 10000.0, RopeLayout::HalfSplit)
+    };
+    inverse_frequencies(&config, seq_len).unwrap()
+}
+
+fn assert_frequencies(actual: &[f64], expected: &[f64], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= 1e-12 * e.abs(),
+            "{what}: inv_freq[{i}] is {a}, expected {e}"
+        );
+    }
+}
+
+#[test]
+fn hand_computed_frequencies() {
+    // Base 10000. Dim 8 has plain frequencies 10000^(-i/4) = 1, 0.1, 0.01, 0.001; dim 4 has
+    // 1 and 0.01.
+
+    // YaRN, factor 4, trained on 64 tokens: the correction dims are
+    // 8 ln(64 / (32 * 2 pi)) / (2 ln 10000) = -0.50 (floor -1, clamped to 0) and
+    // 8 ln(64 / (2 pi)) / (2 ln 10000) = 1.01 (ceil 2). The ramp (i - 0) / 2 gives
+    // extrapolation weights 1, 0.5, 0, 0, so inv_freq = 1, 0.5 * 0.1 / 4 + 0.5 * 0.1,
+    // 0.01 / 4, 0.001 / 4.
+    let (inv, attention) = frequencies(8, RopeScaling::Yarn(YarnParams::new(4.0, 64)), 0);
+    assert_frequencies(&inv, &[1.0, 0.0625, 0.0025, 0.00025], "yarn");
+    assert!((attention - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-15);
+
+    // Dynamic NTK, factor 2, trained on 32, at 64 tokens: base' = 10000 * (2 * 64 / 32 - 1)^(4 / 2)
+    // = 90000, so the second frequency is 1 / 300.
+    let dynamic = RopeScaling::DynamicNtk {
+        factor: 2.0,
+        max_position_embeddings: 32,
+    };
+    assert_frequencies(
+        &frequencies(4, dynamic.clone(), 64).0,
+        &[1.0, 1.0 / 300.0],
+        "dynamic at 64",
+    );
+    assert_frequencies(
+        &frequencies(4, dynamic, 20).0,
+        &[1.0, 0.01],
+        "dynamic within training",
+    );
+
+    // Llama 3, factor 8, low 1, high 4, trained on 1000: wavelengths 2 pi and 200 pi. The
+    // first is below 1000 / 4 and stays; the second lies between 250 and 1000 and blends
+    // with smooth = (1000 / (200 pi) - 1) / 3.
+    let smooth = (1000.0 / (200.0 * PI) - 1.0) / 3.0;
+    let (inv, _) = frequencies(
+        4,
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 1000,
+        },
+        0,
+    );
+    assert_frequencies(
+        &inv,
+        &[1.0, (1.0 - smooth) * 0.01 / 8.0 + smooth * 0.01],
+        "llama3",
+    );
+    // Trained on 100 instead, 200 pi exceeds 100 / 1 and is divided by the factor.
+    let (inv, _) = frequencies(
+        4,
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 100,
+        },
+        0,
+    );
+    assert_frequencies(&inv, &[1.0, 0.01 / 8.0], "llama3 low frequency");
+
+    // LongRoPE trained on 16 with factor 2: attention sqrt(1 + ln 2 / ln 16) = sqrt(1.25).
+    let longrope = RopeScaling::LongRope {
+        short_factor: vec![1.0, 2.0],
+        long_factor: vec![4.0, 8.0],
+        factor: 2.0,
+        original_max_position_embeddings: 16,
+        attention_factor: None,
+    };
+    let (inv, attention) = frequencies(4, longrope.clone(), 16);
+    assert_frequencies(&inv, &[1.0, 0.005], "longrope short");
+    assert!((attention - 1.25f64.sqrt()).abs() < 1e-15);
+    assert_frequencies(
+        &frequencies(4, longrope, 17).0,
+        &[0.25, 0.00125],
+        "longrope long",
+    );
+}
+
 #[test]
 fn yarn_attention_factor_hand_values() {
     // 0.1 * ln(4) + 1 without mscale; ratio of the two mscales with it.
