@@ -555,3 +555,33 @@ fn kinds_agree_bitwise_for_every_dtype() {
         }
     }
 }
+
+#[test]
+fn row_to_f32_checks_its_arguments() {
+    let mut cache = ContiguousCache::new(config(KvDtype::F16), 4).unwrap();
+    cache.add_sequence(A).unwrap();
+    append(&mut cache, A, &[0, 1]).unwrap();
+    let chunk = cache.view(A).unwrap().chunk(0).unwrap();
+    let mut row = [0.0f32; 6];
+    chunk.k.row_to_f32(1, 3, &mut row).unwrap();
+    assert_eq!(row, [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]);
+    assert_eq!(
+        chunk.k.row_to_f32(2, 3, &mut row).unwrap_err(),
+        KvError::RowOutOfRange {
+            row_idx: 2,
+            rows: 2
+        }
+    );
+    assert!(matches!(
+        chunk.k.row_to_f32(0, 4, &mut row),
+        Err(KvError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        chunk.k.row_to_f32(0, 0, &mut row),
+        Err(KvError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        chunk.k.row_to_f32(0, 3, &mut []),
+        Err(KvError::RowOutOfRange { .. })
+    ));
+}

@@ -133,6 +133,8 @@ pub enum KvError {
         index: usize,
         value: String,
     },
+    #[error("row {row_idx} is out of range: the chunk has {rows} rows of that length")]
+    RowOutOfRange { row_idx: usize, rows: usize },
     #[error("block {block} is out of range: the pool has {num_blocks} blocks")]
     BlockOutOfRange { block: u32, num_blocks: usize },
     #[error("block table names block {block}, which is free (reference count 0)")]

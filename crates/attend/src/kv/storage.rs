@@ -87,26 +87,56 @@ impl KvRows<'_> {
         }
     }
 
+    /// Returns the number of stored values (`tokens * n_kv_heads * head_dim`).
+    pub fn values_len(&self) -> usize {
+        match self {
+            KvRows::F32(values) => values.len(),
+            KvRows::F16(values) => values.len(),
+            KvRows::Bf16(values) => values.len(),
+            KvRows::Int8 { values, .. } => values.len(),
+        }
+    }
+
     /// Converts row `row_idx` to f32 in `out`.
     ///
     /// # Shapes
     /// `out: [n_kv_heads * head_dim]`, one row.
     ///
-    /// # Panics
-    /// When `row_idx` is past the rows, or `head_dim` is 0 or does not divide `out.len()`.
-    pub fn row_to_f32(&self, row_idx: usize, head_dim: usize, out: &mut [f32]) {
+    /// # Errors
+    /// [`KvError::RowOutOfRange`] when `row_idx` is past the rows or `out` is empty;
+    /// [`KvError::ShapeMismatch`] when `head_dim` is 0 or does not divide `out.len()`, or
+    /// the int8 scales do not match.
+    pub fn row_to_f32(
+        &self,
+        row_idx: usize,
+        head_dim: usize,
+        out: &mut [f32],
+    ) -> Result<(), KvError> {
         let row_len = out.len();
+        let rows = self.values_len().checked_div(row_len).unwrap_or(0);
+        if row_idx >= rows {
+            return Err(KvError::RowOutOfRange { row_idx, rows });
+        }
+        let n_kv_heads = row_len.checked_div(head_dim).unwrap_or(0);
+        let scales_fit = match self {
+            KvRows::Int8 { scales, .. } => scales.len() == rows * n_kv_heads,
+            _ => true,
+        };
+        if n_kv_heads * head_dim != row_len || !scales_fit {
+            return Err(KvError::ShapeMismatch {
+                name: "out",
+                len: row_len,
+                tokens: 1,
+                n_kv_heads,
+                head_dim,
+            });
+        }
         let range = row_idx * row_len..(row_idx + 1) * row_len;
         match self {
             KvRows::F32(values) => out.copy_from_slice(&values[range]),
             KvRows::F16(values) => values[range].convert_to_f32_slice(out),
             KvRows::Bf16(values) => values[range].convert_to_f32_slice(out),
             KvRows::Int8 { values, scales } => {
-                assert!(
-                    head_dim > 0 && row_len.is_multiple_of(head_dim),
-                    "head_dim {head_dim} does not divide {row_len}"
-                );
-                let n_kv_heads = row_len / head_dim;
                 let row_scales = &scales[row_idx * n_kv_heads..(row_idx + 1) * n_kv_heads];
                 for ((out_head, head), &scale) in out
                     .chunks_exact_mut(head_dim)
@@ -119,6 +149,7 @@ impl KvRows<'_> {
                 }
             }
         }
+        Ok(())
     }
 }
 

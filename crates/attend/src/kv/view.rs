@@ -208,10 +208,12 @@ impl<'a> KvSeqView<'a> {
                 let range = (token + row_idx) * row_len..(token + row_idx + 1) * row_len;
                 chunk
                     .k
-                    .row_to_f32(row_idx, self.config.head_dim, &mut dense.k[range.clone()]);
+                    .row_to_f32(row_idx, self.config.head_dim, &mut dense.k[range.clone()])
+                    .expect("a view's chunks have the view's row shape");
                 chunk
                     .v
-                    .row_to_f32(row_idx, self.config.head_dim, &mut dense.v[range]);
+                    .row_to_f32(row_idx, self.config.head_dim, &mut dense.v[range])
+                    .expect("a view's chunks have the view's row shape");
             }
             dense.positions.extend_from_slice(chunk.positions);
             token += chunk.len();
