@@ -14,7 +14,7 @@
 pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32, weight_offset: f32) {
     let dim = weight.len();
     assert!(
-        dim > 0 && x.len() % dim == 0,
+        dim > 0 && x.len().is_multiple_of(dim),
         "rms_norm: row length {dim} does not divide {}",
         x.len()
     );
@@ -35,7 +35,7 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32, weight_offset: f32) {
 pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     let dim = weight.len();
     assert!(
-        dim > 0 && bias.len() == dim && x.len() % dim == 0,
+        dim > 0 && bias.len() == dim && x.len().is_multiple_of(dim),
         "layer_norm: shapes disagree"
     );
     for row in x.chunks_exact_mut(dim) {
