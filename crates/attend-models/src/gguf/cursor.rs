@@ -190,6 +190,23 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Reads the element type and count of an array that [`Cursor::value`]
+    /// has validated before, and takes the rest of the cursor's bytes as its
+    /// elements without walking them. The cursor must span exactly the array.
+    pub(super) fn array_header_trusted(&mut self) -> Result<MetadataArray<'a>, GgufError> {
+        let elem_type = self.value_type("array element type")?;
+        let len = self.u64("array length")?;
+        let data_offset = self.offset();
+        let data = self.take(self.remaining(), "array elements")?;
+        Ok(MetadataArray {
+            elem_type,
+            // The parser checked that `len` elements fit in the file.
+            len: len as usize,
+            data,
+            data_offset,
+        })
+    }
+
     /// Reads an array's element type and count, then walks its elements to
     /// validate them and find where the array ends.
     fn array_value(&mut self, depth: usize) -> Result<MetadataArray<'a>, GgufError> {

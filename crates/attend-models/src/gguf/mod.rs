@@ -197,9 +197,14 @@ impl Gguf {
     }
 
     fn read_entry<'a>(&'a self, entry: &'a Entry) -> Result<MetadataValue<'a>, GgufError> {
-        let bytes = self.bytes();
-        let mut cursor = Cursor::new(&bytes[entry.value_offset..], entry.value_offset);
+        let value_bytes = &self.bytes()[entry.value_offset..entry.value_end];
+        let mut cursor = Cursor::new(value_bytes, entry.value_offset);
         cursor.item = Item::Key(&entry.key);
+        if entry.value_type == ValueType::Array {
+            // The parser walked every element already; only the element type
+            // and count are read again, so large arrays cost nothing here.
+            return cursor.array_header_trusted().map(MetadataValue::Array);
+        }
         cursor.value(entry.value_type, 0)
     }
 

@@ -38,6 +38,8 @@ pub(super) struct Entry {
     pub(super) key: String,
     pub(super) value_type: ValueType,
     pub(super) value_offset: usize,
+    /// File offset one past the value's last byte.
+    pub(super) value_end: usize,
 }
 
 /// Everything the reader keeps from the header, owning no file bytes.
@@ -148,6 +150,7 @@ fn parse_metadata(cursor: &mut Cursor<'_>, entry_count: usize) -> Result<Metadat
             key: key.to_owned(),
             value_type,
             value_offset,
+            value_end: cursor.offset(),
         });
     }
     Ok((entries, key_index, alignment))
