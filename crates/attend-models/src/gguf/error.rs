@@ -156,6 +156,16 @@ pub enum GgufError {
         offset: usize,
     },
 
+    /// Tensor data given to the writer has another length than its
+    /// dimensions and type need.
+    #[error("tensor '{tensor}' data has {found} bytes, expected {expected:?} for its dimensions and type")]
+    TensorDataSize {
+        tensor: String,
+        /// `None` when the size overflows or the row is not whole blocks.
+        expected: Option<usize>,
+        found: usize,
+    },
+
     /// A metadata key is not in the file.
     #[error("metadata key '{key}' not found")]
     MissingKey { key: String },

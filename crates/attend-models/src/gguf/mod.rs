@@ -27,6 +27,7 @@ mod parse;
 mod summary;
 mod tensor;
 mod value;
+mod writer;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -38,6 +39,7 @@ pub use error::{GgufError, OptionalKey};
 pub use parse::DEFAULT_ALIGNMENT;
 pub use tensor::{TensorInfo, TensorRef, MAX_DIMS};
 pub use value::{MetadataArray, MetadataArrayIter, MetadataValue, ValueType};
+pub use writer::GgufWriter;
 
 use cursor::{Cursor, Item};
 use parse::{Entry, Header};

@@ -10,7 +10,7 @@ pub const MAX_DIMS: usize = 4;
 /// `dims` are in ggml order: `dims[0]` is the row length, the contiguous
 /// innermost dimension. A Hugging Face weight of shape `[out, in]` is stored
 /// with `dims == [in, out]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct TensorInfo {
     pub(super) name: String,
     pub(super) dims: Vec<usize>,
@@ -21,6 +21,19 @@ pub struct TensorInfo {
     /// File offset of this tensor's data offset field, for error messages.
     pub(super) offset_field_pos: usize,
 }
+
+/// Equal when name, dimensions, type and data offset are; where the info
+/// sits in its file does not count.
+impl PartialEq for TensorInfo {
+    fn eq(&self, other: &TensorInfo) -> bool {
+        self.name == other.name
+            && self.dims == other.dims
+            && self.ggml_type == other.ggml_type
+            && self.offset == other.offset
+    }
+}
+
+impl Eq for TensorInfo {}
 
 impl TensorInfo {
     pub fn name(&self) -> &str {

@@ -930,3 +930,163 @@ fn adjacent_tensors_do_not_overlap() {
     let gguf = Gguf::from_bytes(bytes).unwrap();
     assert_eq!(gguf.tensors().len(), 3);
 }
+
+// ---- writer ----
+
+#[test]
+fn writer_round_trip() {
+    let mut writer = GgufWriter::new();
+    writer
+        .set_str("general.architecture", "gemma3")
+        .set_u32("gemma3.block_count", 18)
+        .set_i32("i32", -3)
+        .set_u64("u64", u64::MAX)
+        .set_f32("f32", 0.5)
+        .set_bool("flag", true)
+        .set_value("i8", MetadataValue::I8(-8))
+        .set_str_array("tokenizer.ggml.tokens", &["a", "", "ü"])
+        .set_f32_array("tokenizer.ggml.scores", &[1.0, -2.0, 0.0])
+        .set_i32_array("tokenizer.ggml.token_type", &[1, 2, 3]);
+    let q8_data: Vec<u8> = (0..2 * 34).map(|i| i as u8).collect();
+    writer
+        .add_tensor("norm", &[3], GgmlType::F32, &[9; 12])
+        .unwrap()
+        .add_tensor("w", &[32, 2], GgmlType::Q8_0, &q8_data)
+        .unwrap()
+        .add_tensor("scalar", &[], GgmlType::F16, &[7, 7])
+        .unwrap();
+
+    let gguf = Gguf::from_bytes(writer.to_bytes()).unwrap();
+    assert_eq!(gguf.version(), 3);
+    assert_eq!(gguf.architecture().unwrap(), "gemma3");
+    assert_eq!(gguf.get_u32("gemma3.block_count").unwrap(), 18);
+    assert_eq!(gguf.get_i32("i32").unwrap(), -3);
+    assert_eq!(gguf.get_u64("u64").unwrap(), u64::MAX);
+    assert_eq!(gguf.get_f32("f32").unwrap(), 0.5);
+    assert!(gguf.get_bool("flag").unwrap());
+    assert_eq!(gguf.get_i8("i8").unwrap(), -8);
+    assert_eq!(
+        gguf.get_str_array("tokenizer.ggml.tokens").unwrap(),
+        ["a", "", "ü"]
+    );
+    assert_eq!(
+        gguf.get_f32_array("tokenizer.ggml.scores").unwrap(),
+        [1.0, -2.0, 0.0]
+    );
+    assert_eq!(
+        gguf.get_i32_array("tokenizer.ggml.token_type").unwrap(),
+        [1, 2, 3]
+    );
+    assert_eq!(gguf.tensor("norm").unwrap().data(), [9; 12]);
+    assert_eq!(gguf.tensor("w").unwrap().data(), q8_data.as_slice());
+    assert_eq!(gguf.tensor("w").unwrap().info().offset(), 32);
+    assert_eq!(gguf.tensor("scalar").unwrap().data(), [7, 7]);
+}
+
+#[test]
+fn writer_replaces_keys_in_place() {
+    let mut writer = GgufWriter::new();
+    writer.set_u32("a", 1).set_u32("b", 2).set_str("a", "again");
+    let gguf = Gguf::from_bytes(writer.to_bytes()).unwrap();
+    let keys: Vec<&str> = gguf.metadata().map(|(key, _)| key).collect();
+    assert_eq!(keys, ["a", "b"]);
+    assert_eq!(gguf.get_str("a").unwrap(), "again");
+}
+
+#[test]
+fn writer_alignment() {
+    let mut writer = GgufWriter::new();
+    writer.set_alignment(128).unwrap();
+    writer
+        .add_tensor("a", &[1], GgmlType::F32, &[1; 4])
+        .unwrap()
+        .add_tensor("b", &[1], GgmlType::F32, &[2; 4])
+        .unwrap();
+    let gguf = Gguf::from_bytes(writer.to_bytes()).unwrap();
+    assert_eq!(gguf.alignment(), 128);
+    assert!(gguf.data_offset().is_multiple_of(128));
+    assert_eq!(gguf.tensor("b").unwrap().info().offset(), 128);
+    assert_eq!(gguf.tensor("b").unwrap().data(), [2; 4]);
+
+    for bad in [0, 3, 48, 1 << 40] {
+        let err = GgufWriter::new().set_alignment(bad).unwrap_err();
+        assert!(
+            matches!(err, GgufError::InvalidAlignment { .. }),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn writer_rejects_bad_tensors() {
+    let mut writer = GgufWriter::new();
+    writer
+        .add_tensor("t", &[4], GgmlType::F32, &[0; 16])
+        .unwrap();
+    let err = writer
+        .add_tensor("t", &[4], GgmlType::F32, &[0; 16])
+        .unwrap_err();
+    assert!(matches!(err, GgufError::DuplicateTensor { .. }), "{err}");
+    let err = writer
+        .add_tensor("u", &[4], GgmlType::F32, &[0; 15])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GgufError::TensorDataSize {
+                expected: Some(16),
+                found: 15,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = writer
+        .add_tensor("q", &[16], GgmlType::Q4_0, &[0; 9])
+        .unwrap_err();
+    assert!(
+        matches!(err, GgufError::RowNotBlockMultiple { .. }),
+        "{err}"
+    );
+    let err = writer
+        .add_tensor("d", &[1, 1, 1, 1, 1], GgmlType::F32, &[0; 4])
+        .unwrap_err();
+    assert!(
+        matches!(err, GgufError::TooManyDims { n_dims: 5, .. }),
+        "{err}"
+    );
+    let err = writer
+        .add_tensor("big", &[usize::MAX, 2], GgmlType::F32, &[])
+        .unwrap_err();
+    assert!(
+        matches!(err, GgufError::TensorDataSize { expected: None, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn writer_copies_values_exactly() {
+    let source = Gguf::from_bytes(valid_file(3)).unwrap();
+    let mut writer = GgufWriter::new();
+    for (key, value) in source.metadata() {
+        writer.set_value(key, value);
+    }
+    for tensor in source.tensor_refs() {
+        writer
+            .add_tensor(
+                tensor.name(),
+                tensor.dims(),
+                tensor.ggml_type(),
+                tensor.data(),
+            )
+            .unwrap();
+    }
+    let copy = Gguf::from_bytes(writer.to_bytes()).unwrap();
+    let original: Vec<_> = source.metadata().collect();
+    let copied: Vec<_> = copy.metadata().collect();
+    assert_eq!(original, copied);
+    for (a, b) in source.tensor_refs().zip(copy.tensor_refs()) {
+        assert_eq!(a.info(), b.info());
+        assert_eq!(a.data(), b.data());
+    }
+}
