@@ -203,9 +203,9 @@ fn parse_tensor_info(
         });
     }
     let dims_offset = cursor.offset();
-    let mut dims = Vec::with_capacity(n_dims as usize);
+    let mut raw_dims = Vec::with_capacity(n_dims as usize);
     for _ in 0..n_dims {
-        dims.push(cursor.u64("dimension")?);
+        raw_dims.push(cursor.u64("dimension")?);
     }
 
     let type_offset = cursor.offset();
@@ -222,34 +222,49 @@ fn parse_tensor_info(
     let overflow = || GgufError::SizeOverflow {
         tensor: name.to_owned(),
         offset: dims_offset,
-        dims: dims.clone(),
+        dims: raw_dims.clone(),
     };
-    let n_elements = dims
+    // The product of the nonzero dimensions bounds every partial product,
+    // so once it fits, `rows`, `cols` and `n_elements` cannot overflow, even
+    // for a zero-sized tensor that carries huge dimensions.
+    let nonzero_product = raw_dims
         .iter()
+        .filter(|&&dim| dim != 0)
         .try_fold(1u64, |acc, &dim| acc.checked_mul(dim))
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(overflow)?;
-    let row_len = dims.first().copied().unwrap_or(1);
-    if !row_len.is_multiple_of(ggml_type.block_elems() as u64) {
+    // Each dimension is 0 or at most `nonzero_product`, so it fits `usize`.
+    let dims: Vec<usize> = raw_dims.iter().map(|&dim| dim as usize).collect();
+    let n_elements = if dims.contains(&0) {
+        0
+    } else {
+        nonzero_product
+    };
+    let cols = dims.first().copied().unwrap_or(1);
+    let rows = dims.iter().skip(1).product::<usize>();
+
+    let block_elems = ggml_type.block_elems();
+    if !cols.is_multiple_of(block_elems) {
         return Err(GgufError::RowNotBlockMultiple {
             tensor: name.to_owned(),
             offset: dims_offset,
-            row_len,
+            row_len: cols as u64,
             ggml_type,
-            block_elems: ggml_type.block_elems(),
+            block_elems,
         });
     }
-    // The row length is a whole number of blocks, so `None` means overflow.
-    let size_bytes = ggml_type.bytes_for(n_elements).ok_or_else(overflow)?;
+    let row_bytes = (cols / block_elems)
+        .checked_mul(ggml_type.block_bytes())
+        .ok_or_else(overflow)?;
+    let size_bytes = rows.checked_mul(row_bytes).ok_or_else(overflow)?;
 
-    let misaligned = || GgufError::MisalignedTensor {
-        tensor: name.to_owned(),
-        offset: offset_field_pos,
-        data_offset: offset,
-        alignment,
-    };
     if !offset.is_multiple_of(alignment as u64) {
-        return Err(misaligned());
+        return Err(GgufError::MisalignedTensor {
+            tensor: name.to_owned(),
+            offset: offset_field_pos,
+            data_offset: offset,
+            alignment,
+        });
     }
     // An offset beyond `usize` cannot lie inside the file.
     let offset_usize = usize::try_from(offset).map_err(|_| GgufError::TensorOutOfBounds {
@@ -262,14 +277,10 @@ fn parse_tensor_info(
 
     Ok(TensorInfo {
         name: name.to_owned(),
-        // Every dimension is at most `n_elements` (or the product is 0), and
-        // `n_elements` fits `usize`; a zero-sized tensor may still carry a huge
-        // dimension, so the conversion stays checked.
-        dims: dims
-            .iter()
-            .map(|&dim| usize::try_from(dim))
-            .collect::<Result<_, _>>()
-            .map_err(|_| overflow())?,
+        dims,
+        rows,
+        cols,
+        row_bytes,
         ggml_type,
         offset: offset_usize,
         n_elements,

@@ -17,6 +17,9 @@ pub struct TensorInfo {
     pub(super) ggml_type: GgmlType,
     pub(super) offset: usize,
     pub(super) n_elements: usize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) row_bytes: usize,
     pub(super) size_bytes: usize,
     /// File offset of this tensor's data offset field, for error messages.
     pub(super) offset_field_pos: usize,
@@ -66,17 +69,17 @@ impl TensorInfo {
 
     /// Row length: `dims[0]`, or 1 for a tensor with no dimensions.
     pub fn cols(&self) -> usize {
-        self.dims.first().copied().unwrap_or(1)
+        self.cols
     }
 
     /// Number of rows: the product of every dimension after the first.
     pub fn rows(&self) -> usize {
-        self.dims.iter().skip(1).product()
+        self.rows
     }
 
     /// Bytes of one row; rows are whole numbers of blocks, so this is exact.
     pub fn row_bytes(&self) -> usize {
-        (self.cols() / self.ggml_type.block_elems()) * self.ggml_type.block_bytes()
+        self.row_bytes
     }
 }
 

@@ -411,7 +411,7 @@ fn scalar_and_zero_sized_tensors() {
         &[
             ("scalar", &[], GgmlType::F32.id(), 0),
             ("empty", &[0, 5], GgmlType::Q4_K.id(), 32),
-            ("empty.huge", &[u64::MAX, 0], GgmlType::F32.id(), 0),
+            ("empty.huge", &[0, u64::MAX / 8, 3], GgmlType::F32.id(), 0),
         ],
         36,
     );
@@ -806,6 +806,18 @@ fn element_count_overflow() {
         matches!(&err, GgufError::SizeOverflow { tensor, offset: 37, .. } if tensor == "t"),
         "{err}"
     );
+}
+
+#[test]
+fn zero_sized_tensor_with_overflowing_dims() {
+    // The product is 0, but the rows alone would overflow.
+    let (bytes, _) = file_with_tensors(&[("t", &[32, 1 << 32, 1 << 32, 0], 0, 0)], 0);
+    let err = parse_err(bytes);
+    assert!(matches!(err, GgufError::SizeOverflow { .. }), "{err}");
+    // A zero-row tensor whose row alone overflows the byte size.
+    let (bytes, _) = file_with_tensors(&[("t", &[u64::MAX, 0], 0, 0)], 0);
+    let err = parse_err(bytes);
+    assert!(matches!(err, GgufError::SizeOverflow { .. }), "{err}");
 }
 
 #[test]
