@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use attend_models::gguf::{Gguf, GgufWriter, MetadataValue};
+use attend_models::gguf::{Gguf, GgufWriter, MetadataValue, ValueType};
 use attend_models::GgmlType;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -124,16 +124,25 @@ fn parse_and_read_all(bytes: Vec<u8>) {
     }
 }
 
-/// A small file with metadata of several types, a nested-looking mix of
-/// arrays and three tensors of different types.
+/// Builds a small file with metadata of every type, a nested array and
+/// three tensors of different types.
 fn crafted_seed() -> Vec<u8> {
+    let nested_source = Gguf::from_bytes(nested_array_file()).unwrap();
+    let nested = nested_source.get("nested").unwrap();
+
     let mut writer = GgufWriter::new();
+    writer.set_value("nested", nested);
     writer
         .set_str("general.architecture", "llama")
         .set_u32("llama.context_length", 2048)
         .set_f32("llama.rope.freq_base", 10000.0)
         .set_bool("tokenizer.ggml.add_bos_token", true)
         .set_value("u8", MetadataValue::U8(7))
+        .set_value("i8", MetadataValue::I8(-7))
+        .set_value("u16", MetadataValue::U16(7))
+        .set_value("i16", MetadataValue::I16(-7))
+        .set_i32("i32", -7)
+        .set_u64("u64", 7)
         .set_value("i64", MetadataValue::I64(-9))
         .set_value("f64", MetadataValue::F64(0.5))
         .set_str_array("tokenizer.ggml.tokens", &["<s>", "a", "bc", "é"])
@@ -154,6 +163,26 @@ fn crafted_seed() -> Vec<u8> {
     writer.to_bytes()
 }
 
+/// Encodes a file whose only entry, `nested`, is an array of two arrays of
+/// bools, which the writer cannot build from its typed setters.
+fn nested_array_file() -> Vec<u8> {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    bytes.extend_from_slice(&6u64.to_le_bytes());
+    bytes.extend_from_slice(b"nested");
+    bytes.extend_from_slice(&ValueType::Array.id().to_le_bytes());
+    bytes.extend_from_slice(&ValueType::Array.id().to_le_bytes());
+    bytes.extend_from_slice(&2u64.to_le_bytes());
+    for inner in [[1u8, 0].as_slice(), &[1]] {
+        bytes.extend_from_slice(&ValueType::Bool.id().to_le_bytes());
+        bytes.extend_from_slice(&(inner.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(inner);
+    }
+    bytes
+}
+
 fn real_model(file: &str) -> Gguf {
     let dir = match std::env::var_os("ATTEND_MODELS") {
         Some(dir) => PathBuf::from(dir),
@@ -169,10 +198,10 @@ fn real_model(file: &str) -> Gguf {
     Gguf::open(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
-/// A real model's header rebuilt small: every metadata entry with arrays cut
-/// to their first elements, every tensor with its name and type but one
-/// block per tensor, so the file is a few tens of KB yet has the real keys,
-/// names and type mix.
+/// Rebuilds a real model's header small. Every metadata entry is kept with
+/// arrays cut to their first elements, and every tensor keeps its name and
+/// type but shrinks to one block. The file is about 30 KB yet has the real
+/// keys, names and mix of types.
 fn shrunk_real_seed(file: &str) -> Vec<u8> {
     let source = real_model(file);
     let mut writer = GgufWriter::new();
@@ -206,7 +235,7 @@ fn shrunk_real_seed(file: &str) -> Vec<u8> {
     writer.to_bytes()
 }
 
-/// The first bytes of a real file, cut inside its metadata.
+/// Copies the first bytes of a real file, cut inside its metadata.
 fn real_prefix_seed(file: &str) -> Vec<u8> {
     real_model(file).bytes()[..REAL_PREFIX_BYTES].to_vec()
 }
@@ -239,6 +268,13 @@ fn seeds() -> &'static [(&'static str, Vec<u8>)] {
 fn seeds_parse_as_expected() {
     let crafted = Gguf::from_bytes(crafted_seed()).unwrap();
     assert_eq!(crafted.tensors().len(), 3);
+    assert_eq!(crafted.metadata_len(), 16);
+    let nested = crafted.get_array("nested").unwrap();
+    assert_eq!(nested.elem_type(), ValueType::Array);
+    assert_eq!(
+        MetadataValue::Array(nested).to_string(),
+        "[2 x array: [2 x bool: true, false], [1 x bool: true]]"
+    );
     for (name, bytes) in seeds() {
         let result = Gguf::from_bytes(bytes.clone());
         if name.ends_with("shrunk") {

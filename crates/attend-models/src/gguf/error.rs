@@ -23,7 +23,7 @@ pub enum GgufError {
     #[error("invalid GGUF magic {found:02x?} at byte 0 (expected the bytes of \"GGUF\"); the input is not a GGUF file")]
     BadMagic { found: Vec<u8> },
 
-    /// The version field holds a version this reader does not parse.
+    /// The version field is a version this reader does not parse.
     #[error("unsupported GGUF version {version} at byte 4; only versions 2 and 3 are supported (convert version 1 files with a current llama.cpp)")]
     UnsupportedVersion { version: u32 },
 
@@ -111,7 +111,7 @@ pub enum GgufError {
         dims: Vec<u64>,
     },
 
-    /// A tensor type id is not a ggml type this crate knows.
+    /// A tensor type id is not one of the ggml types in [`GgmlType`].
     #[error("tensor '{tensor}' has unknown ggml type id {type_id} (field at byte {offset})")]
     UnknownTensorType {
         tensor: String,

@@ -98,10 +98,11 @@ impl Gguf {
             source,
         };
         let file = File::open(path).map_err(io_error)?;
-        // SAFETY: the mapping is read-only and lives as long as `Gguf`. Another
-        // process truncating or rewriting the file while it is mapped would
-        // change bytes under us; like every mmap-based model loader, this
-        // reader requires that model files are not modified while open.
+        // SAFETY: the mapping is read-only and lives as long as `Gguf`. If
+        // another process truncated or rewrote the file while it is mapped,
+        // the bytes would change under the reader. Like other mmap-based
+        // model loaders, this one requires that model files stay unmodified
+        // while open.
         let map = unsafe { Mmap::map(&file) }.map_err(io_error)?;
         Gguf::from_storage(Storage::Mapped(map))
     }
@@ -109,12 +110,13 @@ impl Gguf {
     /// Validates a GGUF file held in memory, taking ownership of the buffer.
     ///
     /// # Errors
-    /// A [`GgufError`] naming the field and byte offset of the first problem:
-    /// bad magic, an unsupported version, a truncated field, a count larger
-    /// than the bytes left, an unknown value or tensor type, invalid UTF-8,
-    /// duplicate keys or tensor names, an invalid alignment, more than four
-    /// dimensions, size overflow, a row length off the type's block size, or
-    /// tensor data misaligned, outside the file or overlapping another tensor.
+    /// A [`GgufError`] naming the field and byte offset of the first problem.
+    /// The header checks cover bad magic, an unsupported version, truncated
+    /// fields, counts larger than the bytes left, unknown value or tensor
+    /// types, invalid UTF-8 and duplicate keys or tensor names. The tensor
+    /// checks cover an invalid alignment, more than four dimensions, size
+    /// overflow, a row length off the type's block size, and data that is
+    /// misaligned, outside the file or overlapping another tensor.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Gguf, GgufError> {
         Gguf::from_storage(Storage::Owned(bytes))
     }
@@ -141,7 +143,7 @@ impl Gguf {
         })
     }
 
-    /// The whole file.
+    /// Returns the whole file.
     pub fn bytes(&self) -> &[u8] {
         self.storage.bytes()
     }
@@ -168,12 +170,12 @@ impl Gguf {
         self.entries.len()
     }
 
-    /// Whether the metadata has `key`.
+    /// Returns whether the metadata has an entry for `key`.
     pub fn contains_key(&self, key: &str) -> bool {
         self.key_index.contains_key(key)
     }
 
-    /// The metadata entries in file order.
+    /// Iterates over the metadata entries in file order.
     pub fn metadata(&self) -> impl Iterator<Item = (&str, MetadataValue<'_>)> + '_ {
         self.entries.iter().filter_map(|entry| {
             // Every entry was read once by the same parser, so this succeeds.
@@ -183,7 +185,7 @@ impl Gguf {
         })
     }
 
-    /// The value stored under `key`.
+    /// Reads the value stored under `key`.
     ///
     /// # Errors
     /// [`GgufError::MissingKey`] when the file has no such key.
@@ -345,21 +347,21 @@ impl Gguf {
 
     // ---- tensors ----
 
-    /// The tensor table in file order.
+    /// Returns the tensor table in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
 
-    /// The description of the tensor named `name`, if there is one.
+    /// Looks up the description of the tensor named `name`.
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
         self.tensor_index.get(name).map(|&idx| &self.tensors[idx])
     }
 
-    /// The tensor named `name` with its bytes, borrowed in place.
+    /// Looks up the tensor named `name` with its bytes, borrowed in place.
     ///
     /// # Shapes
-    /// `dims()` in ggml order; the data holds `rows()` rows of `cols()`
-    /// elements, `row_bytes()` bytes each.
+    /// `dims()` are in ggml order. The data contains `rows()` rows of
+    /// `cols()` elements, `row_bytes()` bytes each.
     ///
     /// # Errors
     /// [`GgufError::TensorNotFound`] when no tensor has that name.
@@ -372,7 +374,7 @@ impl Gguf {
         Ok(self.tensor_ref(info))
     }
 
-    /// Every tensor with its bytes, in file order.
+    /// Iterates over every tensor with its bytes, in file order.
     pub fn tensor_refs(&self) -> impl Iterator<Item = TensorRef<'_>> + '_ {
         self.tensors.iter().map(|info| self.tensor_ref(info))
     }

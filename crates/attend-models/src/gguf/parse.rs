@@ -1,10 +1,11 @@
 //! Parsing and validation of the GGUF header, metadata and tensor table.
 //!
-//! Layout (little-endian): the magic `GGUF`, a u32 version, a u64 tensor
-//! count and a u64 metadata entry count; the metadata entries (string key,
-//! u32 value type, value); the tensor infos (string name, u32 dimension
-//! count, u64 dimensions, u32 ggml type, u64 data offset); padding up to the
-//! alignment; then the data section that tensor offsets are relative to.
+//! The layout is little-endian. A header of the magic `GGUF`, a u32
+//! version, a u64 tensor count and a u64 metadata entry count comes first.
+//! The metadata entries follow (string key, u32 value type, value), then the
+//! tensor infos (string name, u32 dimension count, u64 dimensions, u32 ggml
+//! type, u64 data offset). Padding up to the alignment ends the header, and
+//! the data section that tensor offsets are relative to comes last.
 
 use std::collections::HashMap;
 
@@ -22,10 +23,10 @@ pub const DEFAULT_ALIGNMENT: usize = 32;
 
 pub(super) const ALIGNMENT_KEY: &str = "general.alignment";
 
-/// Fewest bytes a metadata entry takes: key length, value type, a 1-byte value.
+/// Minimum bytes of a metadata entry: key length, value type, a 1-byte value.
 const MIN_ENTRY_BYTES: usize = 8 + 4 + 1;
 
-/// Fewest bytes a tensor info takes: name length, dimension count, type, offset.
+/// Minimum bytes of a tensor info: name length, dimension count, type, offset.
 const MIN_TENSOR_INFO_BYTES: usize = 8 + 4 + 4 + 8;
 
 /// Number of entries to reserve up front; longer tables grow as they are

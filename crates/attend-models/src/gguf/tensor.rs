@@ -99,9 +99,9 @@ impl<'a> TensorRef<'a> {
         self.info
     }
 
-    /// The tensor's bytes as stored: `rows()` rows of `row_bytes()` bytes.
-    /// The slice starts at the file's alignment from the data section start,
-    /// but its address is only as aligned as the mapping or buffer allows.
+    /// Returns the tensor's bytes as stored: `rows()` rows of `row_bytes()`
+    /// bytes. The offset from the data section start is a multiple of the
+    /// file's alignment. The address is only as aligned as the buffer is.
     pub fn data(&self) -> &'a [u8] {
         self.data
     }

@@ -48,7 +48,7 @@ impl Builder {
         at
     }
 
-    /// A string as raw bytes, so tests can write invalid UTF-8.
+    /// Writes a string from raw bytes, so tests can write invalid UTF-8.
     fn str_bytes(&mut self, s: &[u8]) -> usize {
         let at = self.u64(s.len() as u64);
         self.raw(s);
@@ -59,8 +59,8 @@ impl Builder {
         self.str_bytes(s.as_bytes())
     }
 
-    /// A key and value type; the caller writes the value. Returns the
-    /// offset of the value.
+    /// Writes a key and value type, and returns the offset where the caller
+    /// writes the value.
     fn key(&mut self, key: &str, value_type: ValueType) -> usize {
         self.str(key);
         self.u32(value_type.id());
@@ -102,12 +102,12 @@ impl Builder {
     }
 }
 
-/// The tensors of [`valid_file`]: name, dims, type, offset, bytes.
+/// Byte sizes of the tensors of [`valid_file`].
 const F32_BYTES: usize = 4 * 2 * 4;
 const Q8_BYTES: usize = 2 * 34;
 const F16_BYTES: usize = 3 * 2;
 
-/// A version-3 file with one metadata entry of every type and three tensors
+/// Builds a file of the given version with one metadata entry of every type and three tensors
 /// (F32 [4, 2], Q8_0 [32, 2], F16 [3]) whose bytes count up from 0.
 fn valid_file(version: u32) -> Vec<u8> {
     let mut b = Builder::new(version, 3, 16);
@@ -179,8 +179,8 @@ fn parse_err(bytes: Vec<u8>) -> GgufError {
     }
 }
 
-/// A file with no metadata and the given tensor infos, padded and followed
-/// by `data_len` zero bytes.
+/// Builds a file with no metadata and the given tensor infos, padded and
+/// followed by `data_len` zero bytes.
 fn file_with_tensors(
     tensors: &[(&str, &[u64], u32, u64)],
     data_len: usize,

@@ -74,8 +74,8 @@ impl ValueType {
         }
     }
 
-    /// Fewest bytes one value of this type takes: a string is at least its
-    /// u64 length, an array at least its u32 element type and u64 count.
+    /// Minimum bytes of one value of this type: a string is at least its u64
+    /// length, an array at least its u32 element type and u64 count.
     pub(super) fn min_size(self) -> usize {
         match self {
             ValueType::String => 8,
