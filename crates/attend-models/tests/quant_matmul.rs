@@ -51,7 +51,7 @@ fn check_product(
             let got = out[t * rows + r] as f64;
             let rounding = rounding_bound(&magnitudes, &x_hat, r, t, cols);
             let err_hat = (got - against_x_hat[t * rows + r]).abs();
-            if !(err_hat <= rounding) {
+            if err_hat.is_nan() || err_hat > rounding {
                 return Err(format!(
                     "{ty} {isa:?} [{rows}x{cols}] tokens {tokens}: out[{t}, {r}] = {got}, \
                      reference with quantised x {}, error {err_hat:e} > rounding bound {rounding:e}",
@@ -61,7 +61,7 @@ fn check_product(
             if ty.is_quantized() {
                 let bound = activation_bound(&w_f32, &x, r, t, cols, block) + rounding;
                 let err = (got - exact[t * rows + r]).abs();
-                if !(err <= bound) {
+                if err.is_nan() || err > bound {
                     return Err(format!(
                         "{ty} {isa:?} [{rows}x{cols}] tokens {tokens}: out[{t}, {r}] = {got}, \
                          exact {}, error {err:e} > activation bound {bound:e}",
