@@ -13,7 +13,26 @@ use half::{bf16, f16};
 /// Reads the little-endian f16 at `bytes[at..at + 2]` as f32.
 #[inline(always)]
 pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+    f16_bits_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
+}
+
+/// Converts f16 bits to f32 exactly, inlined; `half`'s conversion is an
+/// out-of-line call with a CPU feature check, which costs more than the
+/// rest of unpacking a block.
+#[inline(always)]
+pub(super) fn f16_bits_to_f32(bits: u16) -> f32 {
+    let sign = ((bits & 0x8000) as u32) << 16;
+    let exponent = ((bits >> 10) & 0x1F) as u32;
+    let mantissa = (bits & 0x03FF) as u32;
+    let magnitude = match exponent {
+        // Zero and subnormals: mantissa * 2^-24, exact in f32.
+        0 => mantissa as f32 * (1.0 / 16_777_216.0),
+        // Infinities and NaNs keep their payload.
+        31 => f32::from_bits(0x7F80_0000 | (mantissa << 13)),
+        // Normal numbers: rebias the exponent from 15 to 127.
+        _ => f32::from_bits(((exponent + 112) << 23) | (mantissa << 13)),
+    };
+    f32::from_bits(magnitude.to_bits() | sign)
 }
 
 /// Dequantises `out.len()` consecutive elements of type `ty` from `bytes`.
@@ -38,7 +57,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Qua
         GgmlType::F32 => {
             blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         }
-        GgmlType::F16 => blocks.for_each(|(b, y)| y[0] = f16_at(b, 0)),
+        GgmlType::F16 => blocks.for_each(|(b, y)| y[0] = f16::from_le_bytes([b[0], b[1]]).to_f32()),
         GgmlType::BF16 => {
             blocks.for_each(|(b, y)| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32())
         }
@@ -204,4 +223,31 @@ pub(super) fn q6_k_codes(ql: &[u8], qh: &[u8], l: usize) -> [u8; 4] {
         (ql[l] >> 4) | (((h >> 4) & 0x03) << 4),
         (ql[l + 32] >> 4) | (((h >> 6) & 0x03) << 4),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_exact_for_every_bit_pattern() {
+        for bits in 0..=u16::MAX {
+            let expected = f16::from_bits(bits).to_f32();
+            let got = f16_bits_to_f32(bits);
+            if expected.is_nan() {
+                assert!(got.is_nan(), "{bits:#06x}: got {got}");
+                assert_eq!(
+                    got.to_bits() & 0x8000_0000,
+                    expected.to_bits() & 0x8000_0000,
+                    "{bits:#06x} sign"
+                );
+            } else {
+                assert_eq!(
+                    got.to_bits(),
+                    expected.to_bits(),
+                    "{bits:#06x}: got {got}, expected {expected}"
+                );
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use super::activations::QuantizedActivations;
 use super::dequant::{check_row_bytes, dequantize};
 use super::float::matmul_float;
-use super::kernel::{dot_tile, unpack_rows, Isa, Tile, MAX_TILE_ROWS};
+use super::kernel::{dot_tile, prefetch, unpack_rows, Isa, Tile, MAX_TILE_ROWS};
 use super::unpack::{UnpackedRows, GROUP, LANE};
 use super::QuantError;
 use crate::GgmlType;
@@ -12,6 +12,8 @@ use rayon::prelude::*;
 /// Tokens one task covers at most; with 2048 columns their quantised codes
 /// and scales take about 256 KiB, which stays in L2 across the task's rows.
 const TOKEN_CHUNK: usize = 64;
+/// Rows ahead of the current tile whose bytes are prefetched.
+const PREFETCH_ROWS_AHEAD: usize = 2 * MAX_TILE_ROWS;
 /// Tasks per rayon thread, so uneven tasks still balance.
 const TASKS_PER_THREAD: usize = 8;
 
@@ -213,6 +215,9 @@ fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32
                 let tile_rows = MAX_TILE_ROWS.min(rows - r0);
                 let tile_bytes = &w.data[r0 * row_bytes..(r0 + tile_rows) * row_bytes];
                 unpack_rows(isa, w.ty, tile_bytes, row_bytes, &mut unpacked);
+                let ahead = (r0 + PREFETCH_ROWS_AHEAD).min(rows)
+                    ..(r0 + PREFETCH_ROWS_AHEAD + MAX_TILE_ROWS).min(rows);
+                prefetch(&w.data[ahead.start * row_bytes..ahead.end * row_bytes]);
 
                 for t0 in token_range.clone().step_by(isa.tile_tokens()) {
                     let tile_tokens = isa.tile_tokens().min(token_range.end - t0);

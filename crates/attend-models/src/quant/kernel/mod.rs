@@ -10,6 +10,8 @@
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_unpack;
 
 use super::unpack::UnpackedRows;
 use crate::GgmlType;
@@ -118,8 +120,8 @@ pub(super) fn dot_tile(isa: Isa, tile: &Tile) -> [[f32; MAX_TILE_TOKENS]; MAX_TI
     }
 }
 
-/// Unpacks `rows_bytes` (whole rows of type `ty`, back to back) into `rows`,
-/// compiled for `isa` so that the byte shuffling vectorises.
+/// Unpacks `rows_bytes` (whole rows of type `ty`, back to back) into `rows`
+/// with `isa`'s byte shuffles.
 ///
 /// The caller has checked that `isa` is available and that `rows_bytes` holds
 /// whole rows of the length `rows` was reset for.
@@ -132,17 +134,41 @@ pub(super) fn unpack_rows(
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller checked that the CPU supports `isa`.
-        Isa::Avx512Vnni => unsafe { x86::unpack_rows_avx512(ty, rows_bytes, row_bytes, rows) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::unpack_rows_avx2(ty, rows_bytes, row_bytes, rows) },
+        // SAFETY: the caller checked that the CPU supports `isa`, and every
+        // CPU with AVX-512 VNNI also has AVX2.
+        Isa::Avx512Vnni | Isa::Avx2 => unsafe {
+            x86_unpack::unpack_rows_avx2(ty, rows_bytes, row_bytes, rows)
+        },
         _ => unpack_rows_generic(ty, rows_bytes, row_bytes, rows),
     }
 }
 
-#[inline(always)]
-fn unpack_rows_generic(ty: GgmlType, rows_bytes: &[u8], row_bytes: usize, rows: &mut UnpackedRows) {
+/// Asks the CPU to start loading `bytes` into cache.
+///
+/// Rows are streamed once per product; prefetching the tile after next
+/// keeps several cache-line loads in flight while the current tile unpacks.
+#[inline]
+pub(super) fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: prefetching is a hint with no architectural effect, and
+        // the address comes from a live slice; SSE is part of x86-64.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
+pub(super) fn unpack_rows_generic(
+    ty: GgmlType,
+    rows_bytes: &[u8],
+    row_bytes: usize,
+    rows: &mut UnpackedRows,
+) {
     for (slot, row) in rows_bytes.chunks_exact(row_bytes).enumerate() {
         rows.unpack(ty, row, slot);
     }
@@ -185,4 +211,73 @@ fn widen<const R: usize, const T: usize>(
         out[r][..T].copy_from_slice(&acc[r]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{RngCore, SeedableRng};
+
+    const QUANTIZED: [GgmlType; 6] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ];
+
+    /// Random rows whose f16 scales are finite, so unpacked values compare
+    /// with `==` (NaN payloads aside, any bits would do).
+    fn random_rows(ty: GgmlType, rows: usize, cols: usize, rng: &mut StdRng) -> Vec<u8> {
+        let mut bytes = vec![0u8; rows * ty.bytes_for(cols).unwrap()];
+        rng.fill_bytes(&mut bytes);
+        let scale_at: &[usize] = match ty {
+            GgmlType::Q4_1 | GgmlType::Q4_K => &[0, 2],
+            GgmlType::Q6_K => &[208],
+            _ => &[0],
+        };
+        for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+            for &at in scale_at {
+                // Clear the top exponent bit: no infinities or NaNs.
+                block[at + 1] &= 0xBF;
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn simd_unpack_matches_portable() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for isa in [Isa::Avx2, Isa::Avx512Vnni]
+            .into_iter()
+            .filter(|isa| isa.is_available())
+        {
+            for ty in QUANTIZED {
+                for cols in [ty.block_elems(), 3 * ty.block_elems(), 768] {
+                    let bytes = random_rows(ty, MAX_TILE_ROWS, cols, &mut rng);
+                    let row_bytes = ty.bytes_for(cols).unwrap();
+                    let mut portable = UnpackedRows::default();
+                    portable.reset(MAX_TILE_ROWS, cols);
+                    unpack_rows(Isa::Portable, ty, &bytes, row_bytes, &mut portable);
+                    let mut simd = UnpackedRows::default();
+                    simd.reset(MAX_TILE_ROWS, cols);
+                    unpack_rows(isa, ty, &bytes, row_bytes, &mut simd);
+                    assert_eq!(
+                        portable.codes, simd.codes,
+                        "{ty} {isa:?} cols {cols}: codes"
+                    );
+                    assert_eq!(
+                        portable.lane_scales, simd.lane_scales,
+                        "{ty} {isa:?} cols {cols}: scales"
+                    );
+                    assert_eq!(
+                        portable.group_offsets, simd.group_offsets,
+                        "{ty} {isa:?} cols {cols}: offsets"
+                    );
+                }
+            }
+        }
+    }
 }

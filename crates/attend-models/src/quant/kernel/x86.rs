@@ -9,8 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::{dispatch_tile_shape, widen, Tile, MAX_TILE_ROWS, MAX_TILE_TOKENS};
-use crate::quant::unpack::{UnpackedRows, LANE};
-use crate::GgmlType;
+use crate::quant::unpack::LANE;
 use std::arch::x86_64::*;
 
 type TileSums = [[f32; MAX_TILE_TOKENS]; MAX_TILE_ROWS];
@@ -164,26 +163,4 @@ unsafe fn hsum_avx(v: __m256) -> f32 {
     let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
     let one = _mm_add_ss(pair, _mm_shuffle_ps::<0b01>(pair, pair));
     _mm_cvtss_f32(one)
-}
-
-/// Unpacks rows with AVX-512 enabled so the byte loops vectorise.
-#[target_feature(enable = "avx512f,avx512bw")]
-pub(super) fn unpack_rows_avx512(
-    ty: GgmlType,
-    rows_bytes: &[u8],
-    row_bytes: usize,
-    rows: &mut UnpackedRows,
-) {
-    super::unpack_rows_generic(ty, rows_bytes, row_bytes, rows)
-}
-
-/// Unpacks rows with AVX2 enabled so the byte loops vectorise.
-#[target_feature(enable = "avx2,fma")]
-pub(super) fn unpack_rows_avx2(
-    ty: GgmlType,
-    rows_bytes: &[u8],
-    row_bytes: usize,
-    rows: &mut UnpackedRows,
-) {
-    super::unpack_rows_generic(ty, rows_bytes, row_bytes, rows)
 }
