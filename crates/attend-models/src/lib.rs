@@ -3,5 +3,6 @@
 pub mod ggml_type;
 pub mod gguf;
 pub mod ops;
+pub mod quant;
 
 pub use ggml_type::GgmlType;
