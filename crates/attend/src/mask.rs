@@ -724,7 +724,7 @@ mod tests {
 
     #[test]
     fn closure_classification_matches_pairs() {
-        let mask = |_: usize, _: usize, q: usize, kv: usize| (q + kv) % 5 != 0 || kv > 8;
+        let mask = |_: usize, _: usize, q: usize, kv: usize| !(q + kv).is_multiple_of(5) || kv > 8;
         assert_classification_exact(&mask, 12, 12, 4);
     }
 
