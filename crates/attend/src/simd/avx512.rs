@@ -1,0 +1,474 @@
+//! AVX-512 Foundation implementation.
+//!
+//! Every function here is `#[target_feature(enable = "avx512f")]`; the only way to reach
+//! them is through an [`Avx512`] token, which [`Avx512::new`] creates only after
+//! runtime detection.
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use super::{pv_tile_shape, qk_tile_rows, sealed, Isa, Simd, TILE_KV};
+
+/// The token for AVX-512 Foundation code.
+#[derive(Debug, Clone, Copy)]
+pub struct Avx512 {
+    _detected: (),
+}
+
+impl Avx512 {
+    /// Returns the token when this CPU supports AVX-512 Foundation.
+    pub fn new() -> Option<Self> {
+        is_x86_feature_detected!("avx512f").then_some(Self { _detected: () })
+    }
+}
+
+impl sealed::Sealed for Avx512 {}
+
+const LANES: usize = 16;
+
+impl Simd for Avx512 {
+    fn isa(self) -> Isa {
+        Isa::Avx512
+    }
+
+    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: the token proves avx512f; both pointers are valid for `n` reads.
+        unsafe { dot(a.as_ptr(), b.as_ptr(), n) }
+    }
+
+    fn dot_f16(self, a: &[f32], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: the token proves avx512f; both pointers are valid for `n` reads.
+        unsafe { dot_converted(a.as_ptr(), b.as_ptr(), n) }
+    }
+
+    fn dot_bf16(self, a: &[f32], b: &[bf16]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: the token proves avx512f; both pointers are valid for `n` reads.
+        unsafe { dot_converted(a.as_ptr(), b.as_ptr(), n) }
+    }
+
+    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: the token proves avx512f; `x` is valid for `n` reads and `y` for
+        // `n` reads and writes, and they cannot overlap (shared vs unique borrow).
+        unsafe { axpy(alpha, x.as_ptr(), y.as_mut_ptr(), n) }
+    }
+
+    fn axpy_f16(self, alpha: f32, x: &[f16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: as for `axpy`.
+        unsafe { axpy_converted(alpha, x.as_ptr(), y.as_mut_ptr(), n) }
+    }
+
+    fn axpy_bf16(self, alpha: f32, x: &[bf16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: as for `axpy`.
+        unsafe { axpy_converted(alpha, x.as_ptr(), y.as_mut_ptr(), n) }
+    }
+
+    fn scale(self, alpha: f32, x: &mut [f32]) {
+        // SAFETY: the token proves avx512f; `x` is valid for `x.len()` reads and writes.
+        unsafe { scale(alpha, x.as_mut_ptr(), x.len()) }
+    }
+
+    fn max(self, x: &[f32]) -> f32 {
+        // SAFETY: the token proves avx512f; `x` is valid for `x.len()` reads.
+        unsafe { max(x.as_ptr(), x.len()) }
+    }
+
+    fn exp_sub_sum(self, x: &mut [f32], shift: f32) -> f32 {
+        // SAFETY: the token proves avx512f; `x` is valid for `x.len()` reads and writes.
+        unsafe { exp_sub_sum(x.as_mut_ptr(), x.len(), shift) }
+    }
+
+    fn qk_tile(self, q: &[f32], kt: &[f32], scale: f32, head_dim: usize, s: &mut [f32]) {
+        let rows = qk_tile_rows(q, kt, head_dim, s);
+        // SAFETY: the token proves avx512f; `qk_tile_rows` guarantees `q` holds
+        // `rows * head_dim`, `kt` holds `head_dim * TILE_KV` and `s` holds
+        // `rows * TILE_KV` elements.
+        unsafe {
+            qk_tile(
+                q.as_ptr(),
+                kt.as_ptr(),
+                scale,
+                head_dim,
+                s.as_mut_ptr(),
+                rows,
+            )
+        }
+    }
+
+    fn pv_tile(self, p: &[f32], v: &[f32], cols: usize, head_dim: usize, o: &mut [f32]) {
+        let (rows, cols) = pv_tile_shape(p, v, cols, head_dim, o);
+        // SAFETY: the token proves avx512f; `pv_tile_shape` guarantees `p` holds
+        // `rows * TILE_KV`, `v` holds `cols * head_dim` and `o` holds
+        // `rows * head_dim` elements, with `cols <= TILE_KV`.
+        unsafe { pv_tile(p.as_ptr(), v.as_ptr(), cols, head_dim, o.as_mut_ptr(), rows) }
+    }
+}
+
+/// Returns a mask with the low `count` lanes set (`count <= 16`).
+#[inline]
+fn lane_mask(count: usize) -> __mmask16 {
+    ((1u32 << count) - 1) as __mmask16
+}
+
+/// A 16-bit storage type that widens 16 lanes at a time to f32.
+trait Widen: crate::dtype::Element {
+    /// Loads 16 elements from `ptr` as f32.
+    ///
+    /// # Safety
+    /// avx512f must be available and `ptr` valid for 16 reads.
+    unsafe fn load_lanes(ptr: *const Self) -> __m512;
+}
+
+impl Widen for f16 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_lanes(ptr: *const Self) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(ptr.cast()))
+    }
+}
+
+impl Widen for bf16 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_lanes(ptr: *const Self) -> __m512 {
+        // A bf16 value is the upper half of the f32 with the same bits.
+        let widened = _mm512_cvtepu16_epi32(_mm256_loadu_si256(ptr.cast()));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(widened))
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 4 * LANES <= n {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            let offset = i + u * LANES;
+            *acc = _mm512_fmadd_ps(
+                _mm512_loadu_ps(a.add(offset)),
+                _mm512_loadu_ps(b.add(offset)),
+                *acc,
+            );
+        }
+        i += 4 * LANES;
+    }
+    while i + LANES <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), acc[0]);
+        i += LANES;
+    }
+    if i < n {
+        let mask = lane_mask(n - i);
+        let x = _mm512_maskz_loadu_ps(mask, a.add(i));
+        let y = _mm512_maskz_loadu_ps(mask, b.add(i));
+        acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
+    }
+    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(sum)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_converted<T: Widen>(a: *const f32, b: *const T, n: usize) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 2 * LANES <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), T::load_lanes(b.add(i)), acc[0]);
+        acc[1] = _mm512_fmadd_ps(
+            _mm512_loadu_ps(a.add(i + LANES)),
+            T::load_lanes(b.add(i + LANES)),
+            acc[1],
+        );
+        i += 2 * LANES;
+    }
+    if i + LANES <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), T::load_lanes(b.add(i)), acc[0]);
+        i += LANES;
+    }
+    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    while i < n {
+        sum += *a.add(i) * (*b.add(i)).to_f32();
+        i += 1;
+    }
+    sum
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy(alpha: f32, x: *const f32, y: *mut f32, n: usize) {
+    let alpha_v = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i + LANES <= n {
+        let updated = _mm512_fmadd_ps(
+            alpha_v,
+            _mm512_loadu_ps(x.add(i)),
+            _mm512_loadu_ps(y.add(i)),
+        );
+        _mm512_storeu_ps(y.add(i), updated);
+        i += LANES;
+    }
+    if i < n {
+        let mask = lane_mask(n - i);
+        let x_v = _mm512_maskz_loadu_ps(mask, x.add(i));
+        let y_v = _mm512_maskz_loadu_ps(mask, y.add(i));
+        _mm512_mask_storeu_ps(y.add(i), mask, _mm512_fmadd_ps(alpha_v, x_v, y_v));
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy_converted<T: Widen>(alpha: f32, x: *const T, y: *mut f32, n: usize) {
+    let alpha_v = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i + LANES <= n {
+        let updated = _mm512_fmadd_ps(alpha_v, T::load_lanes(x.add(i)), _mm512_loadu_ps(y.add(i)));
+        _mm512_storeu_ps(y.add(i), updated);
+        i += LANES;
+    }
+    while i < n {
+        *y.add(i) += alpha * (*x.add(i)).to_f32();
+        i += 1;
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn scale(alpha: f32, x: *mut f32, n: usize) {
+    let alpha_v = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i + LANES <= n {
+        _mm512_storeu_ps(x.add(i), _mm512_mul_ps(alpha_v, _mm512_loadu_ps(x.add(i))));
+        i += LANES;
+    }
+    if i < n {
+        let mask = lane_mask(n - i);
+        let x_v = _mm512_maskz_loadu_ps(mask, x.add(i));
+        _mm512_mask_storeu_ps(x.add(i), mask, _mm512_mul_ps(alpha_v, x_v));
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn max(x: *const f32, n: usize) -> f32 {
+    let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + LANES <= n {
+        acc = _mm512_max_ps(acc, _mm512_loadu_ps(x.add(i)));
+        i += LANES;
+    }
+    if i < n {
+        // Lanes outside the mask keep their value from `acc`.
+        let tail = _mm512_mask_loadu_ps(acc, lane_mask(n - i), x.add(i));
+        acc = _mm512_max_ps(acc, tail);
+    }
+    _mm512_reduce_max_ps(acc)
+}
+
+/// Computes `exp(x)` per lane.
+///
+/// `exp(x) = 2^n * exp(r)` with `n = round(x / ln 2)` and `|r| <= ln(2) / 2`; `exp(r)` is
+/// its Taylor polynomial of degree 7 (truncation error below `0.35^8 / 8! < 6e-9`,
+/// under f32's unit roundoff). Inputs are clamped to `[-104, 88]`: below -104 the
+/// result rounds to 0 (so `exp(-inf) = 0` exactly), above 88 the softmax never goes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp(x: __m512) -> __m512 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that `n * LN2_HI` is exact for |n| < 2^9.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = _mm512_min_ps(
+        _mm512_max_ps(x, _mm512_set1_ps(-104.0)),
+        _mm512_set1_ps(88.0),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let coefficients = [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        1.0 / 2.0,
+        1.0,
+        1.0,
+    ];
+    let mut poly = _mm512_set1_ps(1.0 / 5040.0);
+    for c in coefficients {
+        poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(poly, n)
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_sub_sum(x: *mut f32, n: usize, shift: f32) -> f32 {
+    let shift_v = _mm512_set1_ps(shift);
+    let mut sum = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + LANES <= n {
+        let e = exp(_mm512_sub_ps(_mm512_loadu_ps(x.add(i)), shift_v));
+        _mm512_storeu_ps(x.add(i), e);
+        sum = _mm512_add_ps(sum, e);
+        i += LANES;
+    }
+    if i < n {
+        let mask = lane_mask(n - i);
+        let e = exp(_mm512_sub_ps(
+            _mm512_maskz_loadu_ps(mask, x.add(i)),
+            shift_v,
+        ));
+        _mm512_mask_storeu_ps(x.add(i), mask, e);
+        sum = _mm512_mask_add_ps(sum, mask, sum, e);
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+/// Vectors per score row: `TILE_KV / LANES`.
+const TILE_VECTORS: usize = TILE_KV / LANES;
+
+#[target_feature(enable = "avx512f")]
+unsafe fn qk_tile(
+    q: *const f32,
+    kt: *const f32,
+    scale: f32,
+    head_dim: usize,
+    s: *mut f32,
+    rows: usize,
+) {
+    let mut row = 0;
+    while row + 6 <= rows {
+        qk_rows::<6>(
+            q.add(row * head_dim),
+            kt,
+            scale,
+            head_dim,
+            s.add(row * TILE_KV),
+        );
+        row += 6;
+    }
+    while row < rows {
+        qk_rows::<1>(
+            q.add(row * head_dim),
+            kt,
+            scale,
+            head_dim,
+            s.add(row * TILE_KV),
+        );
+        row += 1;
+    }
+}
+
+/// Computes `ROWS` score rows; the `ROWS x 4` accumulators stay in registers.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn qk_rows<const ROWS: usize>(
+    q: *const f32,
+    kt: *const f32,
+    scale: f32,
+    head_dim: usize,
+    s: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); TILE_VECTORS]; ROWS];
+    for d in 0..head_dim {
+        let kt_row = kt.add(d * TILE_KV);
+        let mut keys = [_mm512_setzero_ps(); TILE_VECTORS];
+        for (c, key) in keys.iter_mut().enumerate() {
+            *key = _mm512_loadu_ps(kt_row.add(c * LANES));
+        }
+        for (row, acc_row) in acc.iter_mut().enumerate() {
+            let q_value = _mm512_set1_ps(*q.add(row * head_dim + d));
+            for (acc, key) in acc_row.iter_mut().zip(keys) {
+                *acc = _mm512_fmadd_ps(q_value, key, *acc);
+            }
+        }
+    }
+    let scale_v = _mm512_set1_ps(scale);
+    for (row, acc_row) in acc.iter().enumerate() {
+        for (c, acc) in acc_row.iter().enumerate() {
+            _mm512_storeu_ps(
+                s.add(row * TILE_KV + c * LANES),
+                _mm512_mul_ps(*acc, scale_v),
+            );
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn pv_tile(
+    p: *const f32,
+    v: *const f32,
+    cols: usize,
+    head_dim: usize,
+    o: *mut f32,
+    rows: usize,
+) {
+    // Walk head_dim in chunks of up to 4 vectors; the last vector of the last chunk
+    // is masked when head_dim is not a multiple of 16.
+    let mut d0 = 0;
+    while d0 < head_dim {
+        let width = (head_dim - d0).min(4 * LANES);
+        let vectors = width.div_ceil(LANES);
+        let last_mask = lane_mask(width - (vectors - 1) * LANES);
+        let mut row = 0;
+        while row < rows {
+            let p_rows = p.add(row * TILE_KV);
+            let v_chunk = v.add(d0);
+            let o_rows = o.add(row * head_dim + d0);
+            let step = if row + 4 <= rows { 4 } else { 1 };
+            match (step, vectors) {
+                (4, 1) => pv_rows::<4, 1>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
+                (4, 2) => pv_rows::<4, 2>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
+                (4, 3) => pv_rows::<4, 3>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
+                (4, _) => pv_rows::<4, 4>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
+                (_, 1) => pv_rows::<1, 1>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
+                (_, 2) => pv_rows::<1, 2>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
+                (_, 3) => pv_rows::<1, 3>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
+                (_, _) => pv_rows::<1, 4>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
+            }
+            row += step;
+        }
+        d0 += width;
+    }
+}
+
+/// Accumulates `ROWS` output rows over `VECTORS * 16` columns of head_dim.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(
+    p: *const f32,
+    v: *const f32,
+    cols: usize,
+    head_dim: usize,
+    o: *mut f32,
+    last_mask: __mmask16,
+) {
+    let mask = |c: usize| if c + 1 == VECTORS { last_mask } else { 0xFFFF };
+    let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
+    for (row, acc_row) in acc.iter_mut().enumerate() {
+        for (c, acc) in acc_row.iter_mut().enumerate() {
+            *acc = _mm512_maskz_loadu_ps(mask(c), o.add(row * head_dim + c * LANES));
+        }
+    }
+    for kv in 0..cols {
+        let v_row = v.add(kv * head_dim);
+        let mut values = [_mm512_setzero_ps(); VECTORS];
+        for (c, value) in values.iter_mut().enumerate() {
+            *value = _mm512_maskz_loadu_ps(mask(c), v_row.add(c * LANES));
+        }
+        for (row, acc_row) in acc.iter_mut().enumerate() {
+            let weight = _mm512_set1_ps(*p.add(row * TILE_KV + kv));
+            for (acc, value) in acc_row.iter_mut().zip(values) {
+                *acc = _mm512_fmadd_ps(weight, value, *acc);
+            }
+        }
+    }
+    for (row, acc_row) in acc.iter().enumerate() {
+        for (c, acc) in acc_row.iter().enumerate() {
+            _mm512_mask_storeu_ps(o.add(row * head_dim + c * LANES), mask(c), *acc);
+        }
+    }
+}
