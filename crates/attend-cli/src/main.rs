@@ -8,7 +8,11 @@ mod bench_matmul;
 mod kv_plan;
 
 #[derive(Parser)]
-#[command(name = "attend", version, about = "Exact, fast attention and inference on the CPU")]
+#[command(
+    name = "attend",
+    version,
+    about = "Exact, fast attention and inference on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,9 +37,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), String> = match &cli.command {
         Command::KvPlan(args) => kv_plan::run(args),
-        Command::Bench(BenchCommand::Matmul(args)) => {
-            bench_matmul::run(args).map(|_| ()).map_err(|e| e.to_string())
-        }
+        Command::Bench(BenchCommand::Matmul(args)) => bench_matmul::run(args)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,14 @@
 //! Model files, quantized weights, tokenizers and architectures for attend.
 
+pub mod decoder;
+pub mod error;
+pub mod gemma3;
 pub mod ggml_type;
 pub mod gguf;
+pub mod llama;
 pub mod ops;
 pub mod quant;
 
+pub use decoder::{Decoder, DecoderConfig, Logits, Session};
+pub use error::ModelError;
 pub use ggml_type::GgmlType;

@@ -1,0 +1,584 @@
+//! A decoder-only transformer over GGUF weights: the forward pass that the Llama
+//! and Gemma 3 architectures share. Each architecture's file ([`crate::llama`],
+//! [`crate::gemma3`]) turns the file's metadata into a [`DecoderConfig`]; this
+//! module loads the tensors and runs the blocks.
+//!
+//! One block, with `x: [tokens, hidden]`:
+//!
+//! ```text
+//! h = attn_norm(x)
+//! q, k, v = h Wq^T, h Wk^T, h Wv^T        [tokens, heads * head_dim]
+//! q, k = qk_norm(q), qk_norm(k)           (Gemma 3 only, per head)
+//! q, k = rope(q), rope(k)
+//! a = attention(q, cache ++ k, cache ++ v) (causal, windowed on sliding layers)
+//! x = x + post_attn_norm(a Wo^T)          (post-norm: Gemma 3 only)
+//! h = ffn_norm(x)
+//! x = x + post_ffw_norm(down(act(h Wgate^T) * h Wup^T))
+//! ```
+
+use std::ops::Range;
+
+use attend::kv::{ContiguousCache, KvCache, KvConfig, KvDtype, RollingCache, SeqId};
+use attend::rope::{Rope, RopeConfig};
+use attend::{attention, AttentionParams, Bshd, BshdMut};
+
+use crate::error::ModelError;
+use crate::gguf::{Gguf, OptionalKey};
+use crate::ops;
+use crate::quant::{self, QuantMatrix};
+use crate::GgmlType;
+
+/// The one sequence a [`Session`] holds in its caches.
+const SEQ: SeqId = SeqId(0);
+
+/// The feed-forward activation applied to the gate projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU, in SwiGLU (Llama).
+    Silu,
+    /// GELU with the tanh approximation, in GeGLU (Gemma 3).
+    GeluTanh,
+}
+
+/// How one layer attends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerSpec {
+    /// Sliding window `W` in tokens: the query sees itself and the `W - 1` keys
+    /// before it (attention window `left = W - 1`). `None` for global layers.
+    pub window: Option<usize>,
+    /// Index into [`DecoderConfig::ropes`].
+    pub rope_idx: usize,
+}
+
+/// Everything the forward pass needs to know about an architecture.
+#[derive(Debug, Clone)]
+pub struct DecoderConfig {
+    /// `general.architecture` of the file.
+    pub architecture: String,
+    pub n_layers: usize,
+    /// Model width (`embedding_length`).
+    pub hidden: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Inner width of the feed-forward block.
+    pub ffn_dim: usize,
+    pub vocab: usize,
+    /// The context length the model was trained with.
+    pub context_trained: usize,
+    pub rms_eps: f32,
+    /// Factor applied to the token embeddings (Gemma: `sqrt(hidden)`).
+    pub embed_scale: Option<f32>,
+    /// Softmax scale of the attention scores.
+    pub query_scale: f32,
+    pub activation: Activation,
+    /// The RoPE variants that layers refer to by index.
+    pub ropes: Vec<RopeConfig>,
+    /// One entry per layer.
+    pub layers: Vec<LayerSpec>,
+    /// RMSNorm on each head of q and k before RoPE (Gemma 3).
+    pub qk_norm: bool,
+    /// RMSNorm after the attention and feed-forward outputs, before the residual
+    /// add (Gemma 2 and 3).
+    pub post_norms: bool,
+    /// Soft cap on the final logits, `cap * tanh(logit / cap)`.
+    pub final_softcap: Option<f32>,
+}
+
+impl DecoderConfig {
+    /// Bytes of KV cache one token of a global layer takes at `dtype`.
+    pub fn kv_bytes_per_token(&self, dtype: KvDtype) -> usize {
+        KvConfig::new(self.n_kv_heads, self.head_dim, dtype).bytes_per_token()
+    }
+}
+
+/// A weight matrix `[rows, cols]` stored in the file, referenced by byte range.
+#[derive(Debug, Clone)]
+struct Linear {
+    ty: GgmlType,
+    bytes: Range<usize>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Linear {
+    fn matrix<'a>(&self, file: &'a [u8]) -> Result<QuantMatrix<'a>, ModelError> {
+        Ok(QuantMatrix::new(
+            self.ty,
+            &file[self.bytes.clone()],
+            self.rows,
+            self.cols,
+        )?)
+    }
+
+    /// Computes `out = x W^T`.
+    ///
+    /// # Shapes
+    /// `x: [tokens, cols]`, `out: [tokens, rows]`.
+    fn forward(
+        &self,
+        file: &[u8],
+        x: &[f32],
+        tokens: usize,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        quant::matmul(&self.matrix(file)?, x, tokens, out)?;
+        Ok(())
+    }
+}
+
+/// The tensors of one block.
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    /// `[head_dim]` each, when [`DecoderConfig::qk_norm`].
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    /// `[hidden]`, when [`DecoderConfig::post_norms`].
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+    post_ffw_norm: Option<Vec<f32>>,
+}
+
+/// Which rows of logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None: the pass only fills the cache.
+    None,
+    /// The last token's row, `[vocab]`.
+    Last,
+    /// Every token's row, `[tokens, vocab]`.
+    All,
+}
+
+/// A loaded decoder: the mapped file and where each tensor lies in it.
+pub struct Decoder {
+    file: Gguf,
+    config: DecoderConfig,
+    token_embd: Linear,
+    output: Linear,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+/// The per-conversation state: one KV cache per layer, the RoPE tables and the
+/// number of tokens processed.
+///
+/// Invariant: every cache has seen exactly `position` tokens of sequence 0.
+pub struct Session {
+    caches: Vec<Box<dyn KvCache>>,
+    ropes: Vec<Rope>,
+    position: usize,
+    context: usize,
+}
+
+impl Session {
+    /// Tokens processed so far; the next token gets this position.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// The most tokens this session holds.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Bytes of K/V storage the caches hold now.
+    pub fn kv_bytes(&self) -> usize {
+        self.caches.iter().map(|c| c.kv_bytes()).sum()
+    }
+
+    /// Empties every cache so the next token starts at position 0.
+    pub fn reset(&mut self) -> Result<(), ModelError> {
+        for cache in &mut self.caches {
+            cache.reset(SEQ)?;
+        }
+        self.position = 0;
+        Ok(())
+    }
+}
+
+impl Decoder {
+    /// Opens a GGUF file and loads it with the config of its architecture.
+    ///
+    /// # Errors
+    /// [`ModelError::Gguf`] for a file that cannot be read or parsed,
+    /// [`ModelError::UnsupportedArchitecture`] for an architecture other than
+    /// `llama` and `gemma3`, and the errors of [`Decoder::load`].
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Decoder, ModelError> {
+        let file = Gguf::open(path)?;
+        let config = match file.architecture()? {
+            "llama" => crate::llama::config(&file)?,
+            "gemma3" => crate::gemma3::config(&file)?,
+            other => {
+                return Err(ModelError::UnsupportedArchitecture {
+                    found: other.to_owned(),
+                    supported: "llama and gemma3 (generation), bert (embeddings)",
+                })
+            }
+        };
+        Decoder::load(file, config)
+    }
+
+    /// Locates every tensor of `config` in `file` and checks its shape.
+    ///
+    /// # Errors
+    /// [`ModelError::Gguf`] for a missing tensor, [`ModelError::TensorShape`] or
+    /// [`ModelError::TensorType`] for one that does not fit the config.
+    pub fn load(file: Gguf, config: DecoderConfig) -> Result<Decoder, ModelError> {
+        let c = &config;
+        let token_embd = linear(&file, "token_embd.weight", c.vocab, c.hidden)?;
+        // Tied embeddings: files without `output.weight` reuse the token embeddings.
+        let output = if file.tensor_info("output.weight").is_some() {
+            linear(&file, "output.weight", c.vocab, c.hidden)?
+        } else {
+            token_embd.clone()
+        };
+        let output_norm = vector(&file, "output_norm.weight", c.hidden)?;
+        let q_width = c.n_heads * c.head_dim;
+        let kv_width = c.n_kv_heads * c.head_dim;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let name = |suffix: &str| format!("blk.{i}.{suffix}.weight");
+            let optional_norm = |suffix: &str, dim: usize, present: bool| {
+                present
+                    .then(|| vector(&file, &name(suffix), dim))
+                    .transpose()
+            };
+            layers.push(Layer {
+                attn_norm: vector(&file, &name("attn_norm"), c.hidden)?,
+                wq: linear(&file, &name("attn_q"), q_width, c.hidden)?,
+                wk: linear(&file, &name("attn_k"), kv_width, c.hidden)?,
+                wv: linear(&file, &name("attn_v"), kv_width, c.hidden)?,
+                wo: linear(&file, &name("attn_output"), c.hidden, q_width)?,
+                q_norm: optional_norm("attn_q_norm", c.head_dim, c.qk_norm)?,
+                k_norm: optional_norm("attn_k_norm", c.head_dim, c.qk_norm)?,
+                post_attn_norm: optional_norm("post_attention_norm", c.hidden, c.post_norms)?,
+                ffn_norm: vector(&file, &name("ffn_norm"), c.hidden)?,
+                w_gate: linear(&file, &name("ffn_gate"), c.ffn_dim, c.hidden)?,
+                w_up: linear(&file, &name("ffn_up"), c.ffn_dim, c.hidden)?,
+                w_down: linear(&file, &name("ffn_down"), c.hidden, c.ffn_dim)?,
+                post_ffw_norm: optional_norm("post_ffw_norm", c.hidden, c.post_norms)?,
+            });
+        }
+        Ok(Decoder {
+            file,
+            config,
+            token_embd,
+            output,
+            output_norm,
+            layers,
+        })
+    }
+
+    /// The architecture's settings.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// The mapped model file, for its metadata (tokenizer, chat template).
+    pub fn file(&self) -> &Gguf {
+        &self.file
+    }
+
+    /// Creates an empty session holding up to `context` tokens, with K/V stored
+    /// as `kv_dtype`. Global layers get a contiguous cache of `context` tokens;
+    /// sliding-window layers a rolling cache of `min(W, context)` tokens.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`] for `context = 0`, and the caches' and
+    /// RoPE's errors (for example an allocation that fails).
+    pub fn new_session(&self, context: usize, kv_dtype: KvDtype) -> Result<Session, ModelError> {
+        if context == 0 {
+            return Err(ModelError::InvalidConfig {
+                key: "context".into(),
+                value: "0".into(),
+                reason: "a session needs room for at least one token".into(),
+            });
+        }
+        let c = &self.config;
+        let kv_config = KvConfig::new(c.n_kv_heads, c.head_dim, kv_dtype);
+        let mut caches: Vec<Box<dyn KvCache>> = Vec::with_capacity(c.n_layers);
+        for spec in &c.layers {
+            let mut cache: Box<dyn KvCache> = match spec.window {
+                Some(window) => Box::new(RollingCache::new(kv_config, window.min(context), 0)?),
+                None => Box::new(ContiguousCache::new(kv_config, context)?),
+            };
+            cache.add_sequence(SEQ)?;
+            caches.push(cache);
+        }
+        let ropes = c
+            .ropes
+            .iter()
+            .map(|config| Rope::new(config.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Session {
+            caches,
+            ropes,
+            position: 0,
+            context,
+        })
+    }
+
+    /// Runs `tokens` through the model at the session's next positions, appends
+    /// their K/V to the caches and returns the requested logits.
+    ///
+    /// # Shapes
+    /// Returns `[vocab]` for [`Logits::Last`], `[tokens, vocab]` for
+    /// [`Logits::All`], and an empty vector for [`Logits::None`].
+    ///
+    /// # Errors
+    /// [`ModelError::TokenOutOfRange`], [`ModelError::ContextFull`], and errors of
+    /// the kernels. On an error the session may hold part of the chunk; call
+    /// [`Session::reset`] before reusing it.
+    pub fn forward(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let n_tokens = tokens.len();
+        if n_tokens == 0 {
+            return Ok(Vec::new());
+        }
+        if session.position + n_tokens > session.context {
+            return Err(ModelError::ContextFull {
+                requested: session.position + n_tokens,
+                context: session.context,
+                trained: c.context_trained,
+            });
+        }
+        let file = self.file.bytes();
+        let positions: Vec<u32> = (session.position..session.position + n_tokens)
+            .map(|p| p as u32)
+            .collect();
+
+        // Token embeddings, x: [tokens, hidden].
+        let mut x = vec![0.0f32; n_tokens * c.hidden];
+        let embd = self.token_embd.matrix(file)?;
+        for (row, &id) in x.chunks_exact_mut(c.hidden).zip(tokens) {
+            if id as usize >= c.vocab {
+                return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab });
+            }
+            embd.dequantize_row(id as usize, row)?;
+            if let Some(scale) = c.embed_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+
+        let mut buffers = Buffers::new(c, n_tokens);
+        for (layer_idx, layer) in self.layers.iter().enumerate() {
+            self.attention_block(session, layer_idx, layer, &positions, &mut x, &mut buffers)?;
+            self.ffn_block(layer, &mut x, &mut buffers)?;
+        }
+        session.position += n_tokens;
+
+        // Final norm and output projection over the rows asked for.
+        let rows: &mut [f32] = match logits {
+            Logits::None => return Ok(Vec::new()),
+            Logits::Last => &mut x[(n_tokens - 1) * c.hidden..],
+            Logits::All => &mut x,
+        };
+        ops::rms_norm(rows, &self.output_norm, c.rms_eps, 0.0);
+        let out_rows = rows.len() / c.hidden;
+        let mut out = vec![0.0f32; out_rows * c.vocab];
+        self.output.forward(file, rows, out_rows, &mut out)?;
+        if let Some(cap) = c.final_softcap {
+            out.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
+        Ok(out)
+    }
+
+    /// `x += post_attn_norm(attention(attn_norm(x)) Wo^T)`, appending this chunk's
+    /// K/V to the layer's cache.
+    fn attention_block(
+        &self,
+        session: &mut Session,
+        layer_idx: usize,
+        layer: &Layer,
+        positions: &[u32],
+        x: &mut [f32],
+        b: &mut Buffers,
+    ) -> Result<(), ModelError> {
+        let c = &self.config;
+        let file = self.file.bytes();
+        let n_tokens = positions.len();
+        let spec = c.layers[layer_idx];
+
+        b.h.copy_from_slice(x);
+        ops::rms_norm(&mut b.h, &layer.attn_norm, c.rms_eps, 0.0);
+        layer.wq.forward(file, &b.h, n_tokens, &mut b.q)?;
+        layer.wk.forward(file, &b.h, n_tokens, &mut b.k)?;
+        layer.wv.forward(file, &b.h, n_tokens, &mut b.v)?;
+        if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
+            ops::rms_norm(&mut b.q, q_norm, c.rms_eps, 0.0);
+            ops::rms_norm(&mut b.k, k_norm, c.rms_eps, 0.0);
+        }
+        session.ropes[spec.rope_idx].apply_qk(
+            &mut b.q,
+            c.n_heads,
+            &mut b.k,
+            c.n_kv_heads,
+            positions,
+        )?;
+
+        // Keys and values visible to this chunk: the cached tokens followed by the
+        // chunk's own. A rolling cache holds the last W tokens, which covers the
+        // W - 1 keys before the chunk's first query.
+        let cache = &mut session.caches[layer_idx];
+        let cached = cache.view(SEQ)?.to_dense();
+        let kv_len = cached.positions.len() + n_tokens;
+        let mut k_all = cached.k;
+        k_all.extend_from_slice(&b.k);
+        let mut v_all = cached.v;
+        v_all.extend_from_slice(&b.v);
+
+        let params = AttentionParams {
+            scale: Some(c.query_scale),
+            causal: true,
+            window: (spec.window.map(|w| w - 1), Some(0)),
+            ..Default::default()
+        };
+        let q_view = Bshd::contiguous(&b.q, 1, n_tokens, c.n_heads, c.head_dim)?;
+        let k_view = Bshd::contiguous(&k_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
+        let v_view = Bshd::contiguous(&v_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
+        let mut out_view = BshdMut::contiguous(&mut b.attn, 1, n_tokens, c.n_heads, c.head_dim)?;
+        attention(q_view, k_view, v_view, &params, &mut out_view, None)?;
+        cache.append(SEQ, &b.k, &b.v, positions)?;
+
+        layer.wo.forward(file, &b.attn, n_tokens, &mut b.h)?;
+        if let Some(norm) = &layer.post_attn_norm {
+            ops::rms_norm(&mut b.h, norm, c.rms_eps, 0.0);
+        }
+        ops::add_in_place(x, &b.h);
+        Ok(())
+    }
+
+    /// `x += post_ffw_norm(down(act(gate(h)) * up(h)))` with `h = ffn_norm(x)`.
+    fn ffn_block(&self, layer: &Layer, x: &mut [f32], b: &mut Buffers) -> Result<(), ModelError> {
+        let c = &self.config;
+        let file = self.file.bytes();
+        let n_tokens = x.len() / c.hidden;
+        b.h.copy_from_slice(x);
+        ops::rms_norm(&mut b.h, &layer.ffn_norm, c.rms_eps, 0.0);
+        layer.w_gate.forward(file, &b.h, n_tokens, &mut b.gate)?;
+        layer.w_up.forward(file, &b.h, n_tokens, &mut b.up)?;
+        let act = match c.activation {
+            Activation::Silu => ops::silu,
+            Activation::GeluTanh => ops::gelu_tanh,
+        };
+        ops::gated_activation(&mut b.gate, &b.up, act);
+        layer.w_down.forward(file, &b.gate, n_tokens, &mut b.h)?;
+        if let Some(norm) = &layer.post_ffw_norm {
+            ops::rms_norm(&mut b.h, norm, c.rms_eps, 0.0);
+        }
+        ops::add_in_place(x, &b.h);
+        Ok(())
+    }
+}
+
+/// Scratch buffers of one forward pass, reused across layers.
+struct Buffers {
+    /// `[tokens, hidden]`: normed input, then projection output.
+    h: Vec<f32>,
+    /// `[tokens, n_heads * head_dim]`.
+    q: Vec<f32>,
+    /// `[tokens, n_kv_heads * head_dim]`.
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// `[tokens, n_heads * head_dim]`.
+    attn: Vec<f32>,
+    /// `[tokens, ffn_dim]`.
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl Buffers {
+    fn new(c: &DecoderConfig, n_tokens: usize) -> Buffers {
+        let q_width = c.n_heads * c.head_dim;
+        let kv_width = c.n_kv_heads * c.head_dim;
+        Buffers {
+            h: vec![0.0; n_tokens * c.hidden],
+            q: vec![0.0; n_tokens * q_width],
+            k: vec![0.0; n_tokens * kv_width],
+            v: vec![0.0; n_tokens * kv_width],
+            attn: vec![0.0; n_tokens * q_width],
+            gate: vec![0.0; n_tokens * c.ffn_dim],
+            up: vec![0.0; n_tokens * c.ffn_dim],
+        }
+    }
+}
+
+/// Finds a 2-D weight with `rows` output and `cols` input features (ggml dims
+/// `[cols, rows]`) whose type the quantized products support.
+fn linear(file: &Gguf, name: &str, rows: usize, cols: usize) -> Result<Linear, ModelError> {
+    let tensor = file.tensor(name)?;
+    let info = tensor.info();
+    if info.dims() != [cols, rows] {
+        return Err(ModelError::TensorShape {
+            name: name.into(),
+            expected: vec![cols, rows],
+            found: info.dims().to_vec(),
+        });
+    }
+    if !quant::is_supported(info.ggml_type()) {
+        return Err(ModelError::TensorType {
+            name: name.into(),
+            ty: info.ggml_type(),
+            supported: "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K",
+        });
+    }
+    let start = file.data_offset() + info.offset();
+    Ok(Linear {
+        ty: info.ggml_type(),
+        bytes: start..start + info.size_bytes(),
+        rows,
+        cols,
+    })
+}
+
+/// Reads a 1-D weight of `len` values (norm scales), converting it to f32.
+fn vector(file: &Gguf, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let tensor = file.tensor(name)?;
+    if tensor.dims() != [len] {
+        return Err(ModelError::TensorShape {
+            name: name.into(),
+            expected: vec![len],
+            found: tensor.dims().to_vec(),
+        });
+    }
+    let mut out = vec![0.0f32; len];
+    quant::dequantize(tensor.ggml_type(), tensor.data(), &mut out)?;
+    Ok(out)
+}
+
+/// Reads `{arch}.{suffix}` as a positive integer.
+pub(crate) fn required_usize(file: &Gguf, arch: &str, suffix: &str) -> Result<usize, ModelError> {
+    let key = format!("{arch}.{suffix}");
+    let value: usize = file.get_integer(&key)?;
+    if value == 0 {
+        return Err(ModelError::InvalidConfig {
+            key,
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
+}
+
+/// Reads `{arch}.{suffix}` as an f32, or `None` when the file lacks it.
+pub(crate) fn optional_f32(
+    file: &Gguf,
+    arch: &str,
+    suffix: &str,
+) -> Result<Option<f32>, ModelError> {
+    Ok(file.get_f32(&format!("{arch}.{suffix}")).optional()?)
+}
