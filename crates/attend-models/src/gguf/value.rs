@@ -218,7 +218,7 @@ impl fmt::Display for MetadataValue<'_> {
 
 /// A metadata array: its element type, its length and the bytes of its
 /// elements in the file, which the reader has already validated.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy)]
 pub struct MetadataArray<'a> {
     pub(super) elem_type: ValueType,
     pub(super) len: usize,
@@ -226,6 +226,25 @@ pub struct MetadataArray<'a> {
     pub(super) data: &'a [u8],
     /// File offset of `data[0]`.
     pub(super) data_offset: usize,
+}
+
+/// Equal when the element types and encoded elements are; where the array
+/// sits in its file does not count.
+impl PartialEq for MetadataArray<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.elem_type == other.elem_type && self.len == other.len && self.data == other.data
+    }
+}
+
+/// Prints the element type and length, not the elements.
+impl fmt::Debug for MetadataArray<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetadataArray")
+            .field("elem_type", &self.elem_type)
+            .field("len", &self.len)
+            .field("data_offset", &self.data_offset)
+            .finish()
+    }
 }
 
 impl<'a> MetadataArray<'a> {
