@@ -163,8 +163,6 @@ fn crafted_seed() -> Vec<u8> {
     writer.to_bytes()
 }
 
-/// Encodes a file whose only entry, `nested`, is an array of two arrays of
-/// bools, which the writer cannot build from its typed setters.
 /// Builds a file whose tensors are all empty, so a cut in the padding
 /// before the data section leaves no tensor data to catch it.
 fn empty_tensors_seed() -> Vec<u8> {
@@ -178,6 +176,8 @@ fn empty_tensors_seed() -> Vec<u8> {
     writer.to_bytes()
 }
 
+/// Encodes a file whose only entry, `nested`, is an array of two arrays of
+/// bools, which the writer cannot build from its typed setters.
 fn nested_array_file() -> Vec<u8> {
     let mut bytes = b"GGUF".to_vec();
     bytes.extend_from_slice(&3u32.to_le_bytes());

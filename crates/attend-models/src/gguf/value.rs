@@ -43,7 +43,7 @@ impl ValueType {
         })
     }
 
-    /// The id that GGUF files store for this type.
+    /// Returns the id that GGUF files store for this type.
     pub fn id(self) -> u32 {
         match self {
             ValueType::U8 => 0,
@@ -84,7 +84,7 @@ impl ValueType {
         }
     }
 
-    /// The lower-case name used in error messages (`u32`, `string`, ...).
+    /// Returns the lower-case name used in error messages (`u32`, `string`, ...).
     pub fn name(self) -> &'static str {
         match self {
             ValueType::U8 => "u8",
@@ -129,7 +129,7 @@ pub enum MetadataValue<'a> {
 }
 
 impl<'a> MetadataValue<'a> {
-    /// The type tag of this value.
+    /// Returns the type tag of this value.
     pub fn value_type(&self) -> ValueType {
         match self {
             MetadataValue::U8(_) => ValueType::U8,
@@ -148,7 +148,8 @@ impl<'a> MetadataValue<'a> {
         }
     }
 
-    /// The value as an integer when it is one of the eight integer types.
+    /// Returns the value as an integer when it is one of the eight integer
+    /// types.
     pub fn as_integer(&self) -> Option<i128> {
         match *self {
             MetadataValue::U8(v) => Some(v.into()),
@@ -163,7 +164,7 @@ impl<'a> MetadataValue<'a> {
         }
     }
 
-    /// A description of the type for error messages, `array of string` for
+    /// Describes the type for error messages, `array of string` for
     /// arrays.
     pub(super) fn type_description(&self) -> String {
         match self {
@@ -248,7 +249,7 @@ impl fmt::Debug for MetadataArray<'_> {
 }
 
 impl<'a> MetadataArray<'a> {
-    /// The type of every element.
+    /// Returns the type of every element.
     pub fn elem_type(&self) -> ValueType {
         self.elem_type
     }
@@ -258,7 +259,7 @@ impl<'a> MetadataArray<'a> {
         self.len
     }
 
-    /// Whether the array has no elements.
+    /// Returns whether the array has no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

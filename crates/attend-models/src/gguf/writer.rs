@@ -47,7 +47,7 @@ impl Default for GgufWriter {
 }
 
 impl GgufWriter {
-    /// An empty file with the default alignment of 32 bytes.
+    /// Starts an empty file with the default alignment of 32 bytes.
     pub fn new() -> GgufWriter {
         GgufWriter {
             metadata: Vec::new(),
@@ -149,7 +149,7 @@ impl GgufWriter {
     }
 
     /// Appends a tensor. `dims` are in ggml order (row length first) and
-    /// `data` holds the encoded rows.
+    /// `data` contains the encoded rows.
     ///
     /// # Shapes
     /// `data.len() == ggml_type.bytes_for(product of dims)`.
