@@ -1,6 +1,7 @@
 //! Model files, quantized weights, tokenizers and architectures for attend.
 
 pub mod ggml_type;
+pub mod gguf;
 pub mod ops;
 
 pub use ggml_type::GgmlType;
