@@ -163,6 +163,19 @@ fn crafted_seed() -> Vec<u8> {
     writer.to_bytes()
 }
 
+/// Builds a file whose tensors are all empty, so a cut in the padding
+/// before the data section leaves no tensor data to catch it.
+fn empty_tensors_seed() -> Vec<u8> {
+    let mut writer = GgufWriter::new();
+    writer.set_str("general.architecture", "llama");
+    writer
+        .add_tensor("rows.empty", &[32, 0], GgmlType::F32, &[])
+        .unwrap()
+        .add_tensor("cols.empty", &[0, 5], GgmlType::Q8_0, &[])
+        .unwrap();
+    writer.to_bytes()
+}
+
 /// Encodes a file whose only entry, `nested`, is an array of two arrays of
 /// bools, which the writer cannot build from its typed setters.
 fn nested_array_file() -> Vec<u8> {
@@ -266,6 +279,9 @@ fn seeds() -> &'static [(&'static str, Vec<u8>)] {
 
 #[test]
 fn seeds_parse_as_expected() {
+    let empty = Gguf::from_bytes(empty_tensors_seed()).unwrap();
+    assert!(empty.tensor_refs().all(|t| t.data().is_empty()));
+
     let crafted = Gguf::from_bytes(crafted_seed()).unwrap();
     assert_eq!(crafted.tensors().len(), 3);
     assert_eq!(crafted.metadata_len(), 16);
@@ -290,6 +306,15 @@ proptest! {
     #[test]
     fn crafted_file_mutations(mutations in prop::collection::vec(mutation(), 1..8)) {
         let mut bytes = crafted_seed();
+        for m in &mutations {
+            apply(&mut bytes, m);
+        }
+        parse_and_read_all(bytes);
+    }
+
+    #[test]
+    fn empty_tensors_mutations(mutations in prop::collection::vec(mutation(), 1..4)) {
+        let mut bytes = empty_tensors_seed();
         for m in &mutations {
             apply(&mut bytes, m);
         }

@@ -9,8 +9,8 @@ use std::fmt;
 use super::error::GgufError;
 use super::value::{MetadataArray, MetadataValue, ValueType};
 
-/// Deepest nesting of arrays inside arrays the reader accepts. GGUF writers
-/// in practice never nest arrays; the limit bounds the parser's recursion.
+/// Maximum nesting of arrays inside arrays. The GGUF format allows arrays of
+/// arrays, and this limit bounds the parser's recursion over them.
 pub(super) const MAX_ARRAY_DEPTH: usize = 8;
 
 /// The part of the file being read, named in error messages.
@@ -37,7 +37,7 @@ impl fmt::Display for Item<'_> {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(super) struct Cursor<'a> {
     bytes: &'a [u8],
     /// Index into `bytes` of the next unread byte.
@@ -45,6 +45,17 @@ pub(super) struct Cursor<'a> {
     /// File offset of `bytes[0]`, so errors report positions in the file.
     base: usize,
     pub(super) item: Item<'a>,
+}
+
+/// Prints the position, not the bytes.
+impl fmt::Debug for Cursor<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cursor")
+            .field("offset", &self.offset())
+            .field("remaining", &self.remaining())
+            .field("item", &self.item)
+            .finish()
+    }
 }
 
 impl<'a> Cursor<'a> {

@@ -27,6 +27,11 @@ pub enum GgufError {
     #[error("unsupported GGUF version {version} at byte 4; only versions 2 and 3 are supported (convert version 1 files with a current llama.cpp)")]
     UnsupportedVersion { version: u32 },
 
+    /// The version field reads as 2 or 3 only with its bytes swapped, so the
+    /// file is a big-endian GGUF.
+    #[error("GGUF file is big-endian (version {version} with swapped bytes at byte 4); only little-endian files are supported, so convert it with llama.cpp's gguf tools")]
+    BigEndian { version: u32 },
+
     /// The file ends inside a field.
     #[error(
         "file truncated in {field} at byte {offset}: {needed} bytes needed, {available} available"

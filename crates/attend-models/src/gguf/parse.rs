@@ -66,7 +66,13 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
         });
     }
     let version = cursor.u32("version")?;
-    if version != 2 && version != 3 {
+    let supported = |v: u32| v == 2 || v == 3;
+    if !supported(version) {
+        if supported(version.swap_bytes()) {
+            return Err(GgufError::BigEndian {
+                version: version.swap_bytes(),
+            });
+        }
         return Err(GgufError::UnsupportedVersion { version });
     }
     let tensor_count_offset = cursor.offset();
@@ -91,12 +97,21 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
     )?;
     let (tensors, tensor_index) = parse_tensor_infos(&mut cursor, tensor_count, alignment)?;
 
-    let data_offset = align_up(cursor.offset(), alignment).ok_or(GgufError::Truncated {
-        field: "padding before the data section".to_owned(),
-        offset: cursor.offset(),
-        needed: alignment,
-        available: cursor.remaining(),
-    })?;
+    // A file with tensors must reach the data section, even when every
+    // tensor is empty, so that slicing at `data_offset` stays in bounds. A
+    // file without tensors may end right after its metadata.
+    let padding_end = align_up(cursor.offset(), alignment);
+    let data_offset = match padding_end {
+        Some(end) if end <= bytes.len() || tensors.is_empty() => end,
+        _ => {
+            return Err(GgufError::Truncated {
+                field: "padding before the data section".to_owned(),
+                offset: cursor.offset(),
+                needed: padding_end.map_or(usize::MAX, |end| end - cursor.offset()),
+                available: cursor.remaining(),
+            })
+        }
+    };
     let data_len = bytes.len().saturating_sub(data_offset);
     check_tensor_bounds(&tensors, data_len)?;
     check_overlaps(&tensors)?;

@@ -84,10 +84,20 @@ impl TensorInfo {
 }
 
 /// A tensor's description and its bytes, borrowed in place from the file.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct TensorRef<'a> {
     info: &'a TensorInfo,
     data: &'a [u8],
+}
+
+/// Prints the description and the data's length, not the bytes.
+impl std::fmt::Debug for TensorRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TensorRef")
+            .field("info", self.info)
+            .field("data_bytes", &self.data.len())
+            .finish()
+    }
 }
 
 impl<'a> TensorRef<'a> {

@@ -485,14 +485,68 @@ fn unsupported_versions() {
 }
 
 #[test]
+fn big_endian_file() {
+    let mut bytes = valid_file(3);
+    bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
+    let err = parse_err(bytes);
+    assert!(matches!(err, GgufError::BigEndian { version: 3 }), "{err}");
+}
+
+#[test]
+fn open_missing_file() {
+    let path = std::env::temp_dir().join("attend-gguf-test-missing.gguf");
+    let err = Gguf::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, GgufError::Io { path: p, .. } if *p == path),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("attend-gguf-test-missing.gguf"),
+        "{err}"
+    );
+}
+
+#[test]
+fn open_maps_file() {
+    let dir = std::env::temp_dir().join(format!("attend-gguf-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let valid = dir.join("valid.gguf");
+    std::fs::write(&valid, valid_file(3)).unwrap();
+    let gguf = Gguf::open(&valid).unwrap();
+    assert_eq!(
+        gguf.tensor("c.f16").unwrap().data(),
+        [128, 129, 130, 131, 132, 133]
+    );
+
+    let empty = dir.join("empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    let err = Gguf::open(&empty).unwrap_err();
+    assert!(
+        matches!(err, GgufError::Truncated { offset: 0, .. }),
+        "{err}"
+    );
+
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn gguf_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Gguf>();
+    assert_send_sync::<TensorRef<'_>>();
+    assert_send_sync::<MetadataValue<'_>>();
+}
+
+#[test]
 fn truncated_at_every_length() {
     let bytes = valid_file(3);
     let data_offset = Gguf::from_bytes(bytes.clone()).unwrap().data_offset();
     for len in 0..bytes.len() {
         let err = parse_err(bytes[..len].to_vec());
-        if len < data_offset - 32 {
-            // Inside the header a cut leaves a field short or a string length
-            // longer than what is left.
+        if len < data_offset {
+            // Inside the header a cut leaves a field or the padding short, or
+            // a string length longer than what is left.
             assert!(
                 matches!(
                     err,
@@ -500,7 +554,7 @@ fn truncated_at_every_length() {
                 ),
                 "cut at {len}: {err}"
             );
-        } else if len >= data_offset {
+        } else {
             assert!(
                 matches!(err, GgufError::TensorOutOfBounds { .. }),
                 "cut at {len}: {err}"
@@ -799,6 +853,22 @@ fn huge_dim_count_allocates_nothing() {
 }
 
 #[test]
+fn empty_tensor_before_missing_padding() {
+    // Found by libFuzzer: an empty tensor passed the bounds check while the
+    // file ended before the data section, and slicing its data panicked.
+    let mut b = Builder::new(3, 1, 0);
+    b.tensor("", &[0x2e << 56, 0, 0], GgmlType::F32.id(), 0);
+    let header_end = b.pos();
+    b.raw(b"gg\0\0");
+    let err = parse_err(b.finish());
+    assert!(
+        matches!(&err, GgufError::Truncated { field, offset, needed, available: 4 }
+            if field.contains("padding") && *offset == header_end && *needed == 96 - header_end),
+        "{err}"
+    );
+}
+
+#[test]
 fn element_count_overflow() {
     let (bytes, _) = file_with_tensors(&[("t", &[1 << 32, 1 << 32, 2], 0, 0)], 0);
     let err = parse_err(bytes);
@@ -1025,6 +1095,22 @@ fn writer_alignment() {
         assert!(
             matches!(err, GgufError::InvalidAlignment { .. }),
             "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn writer_with_invalid_alignment_key() {
+    for value in [0, 48] {
+        let mut writer = GgufWriter::new();
+        writer.set_u32("general.alignment", value);
+        writer
+            .add_tensor("t", &[1], GgmlType::F32, &[0; 4])
+            .unwrap();
+        let err = Gguf::from_bytes(writer.to_bytes()).unwrap_err();
+        assert!(
+            matches!(err, GgufError::InvalidAlignment { .. }),
+            "{value}: {err}"
         );
     }
 }

@@ -43,7 +43,7 @@ impl ValueType {
         })
     }
 
-    /// The id that GGUF files store for this type.
+    /// Returns the id that GGUF files store for this type.
     pub fn id(self) -> u32 {
         match self {
             ValueType::U8 => 0,
@@ -84,7 +84,7 @@ impl ValueType {
         }
     }
 
-    /// The lower-case name used in error messages (`u32`, `string`, ...).
+    /// Returns the lower-case name used in error messages (`u32`, `string`, ...).
     pub fn name(self) -> &'static str {
         match self {
             ValueType::U8 => "u8",
@@ -129,7 +129,7 @@ pub enum MetadataValue<'a> {
 }
 
 impl<'a> MetadataValue<'a> {
-    /// The type tag of this value.
+    /// Returns the type tag of this value.
     pub fn value_type(&self) -> ValueType {
         match self {
             MetadataValue::U8(_) => ValueType::U8,
@@ -148,7 +148,8 @@ impl<'a> MetadataValue<'a> {
         }
     }
 
-    /// The value as an integer when it is one of the eight integer types.
+    /// Returns the value as an integer when it is one of the eight integer
+    /// types.
     pub fn as_integer(&self) -> Option<i128> {
         match *self {
             MetadataValue::U8(v) => Some(v.into()),
@@ -163,7 +164,7 @@ impl<'a> MetadataValue<'a> {
         }
     }
 
-    /// A description of the type for error messages, `array of string` for
+    /// Describes the type for error messages, `array of string` for
     /// arrays.
     pub(super) fn type_description(&self) -> String {
         match self {
@@ -218,7 +219,7 @@ impl fmt::Display for MetadataValue<'_> {
 
 /// A metadata array: its element type, its length and the bytes of its
 /// elements in the file, which the reader has already validated.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy)]
 pub struct MetadataArray<'a> {
     pub(super) elem_type: ValueType,
     pub(super) len: usize,
@@ -228,8 +229,27 @@ pub struct MetadataArray<'a> {
     pub(super) data_offset: usize,
 }
 
+/// Equal when the element types and encoded elements are; where the array
+/// sits in its file does not count.
+impl PartialEq for MetadataArray<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.elem_type == other.elem_type && self.len == other.len && self.data == other.data
+    }
+}
+
+/// Prints the element type and length, not the elements.
+impl fmt::Debug for MetadataArray<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetadataArray")
+            .field("elem_type", &self.elem_type)
+            .field("len", &self.len)
+            .field("data_offset", &self.data_offset)
+            .finish()
+    }
+}
+
 impl<'a> MetadataArray<'a> {
-    /// The type of every element.
+    /// Returns the type of every element.
     pub fn elem_type(&self) -> ValueType {
         self.elem_type
     }
@@ -239,7 +259,7 @@ impl<'a> MetadataArray<'a> {
         self.len
     }
 
-    /// Whether the array has no elements.
+    /// Returns whether the array has no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

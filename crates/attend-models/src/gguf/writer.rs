@@ -47,7 +47,7 @@ impl Default for GgufWriter {
 }
 
 impl GgufWriter {
-    /// An empty file with the default alignment of 32 bytes.
+    /// Starts an empty file with the default alignment of 32 bytes.
     pub fn new() -> GgufWriter {
         GgufWriter {
             metadata: Vec::new(),
@@ -75,26 +75,32 @@ impl GgufWriter {
         self
     }
 
+    /// Sets `key` to a u32 value.
     pub fn set_u32(&mut self, key: &str, value: u32) -> &mut Self {
         self.set_value(key, MetadataValue::U32(value))
     }
 
+    /// Sets `key` to a i32 value.
     pub fn set_i32(&mut self, key: &str, value: i32) -> &mut Self {
         self.set_value(key, MetadataValue::I32(value))
     }
 
+    /// Sets `key` to a u64 value.
     pub fn set_u64(&mut self, key: &str, value: u64) -> &mut Self {
         self.set_value(key, MetadataValue::U64(value))
     }
 
+    /// Sets `key` to a f32 value.
     pub fn set_f32(&mut self, key: &str, value: f32) -> &mut Self {
         self.set_value(key, MetadataValue::F32(value))
     }
 
+    /// Sets `key` to a bool value.
     pub fn set_bool(&mut self, key: &str, value: bool) -> &mut Self {
         self.set_value(key, MetadataValue::Bool(value))
     }
 
+    /// Sets `key` to a string value.
     pub fn set_str(&mut self, key: &str, value: &str) -> &mut Self {
         self.set_value(key, MetadataValue::String(value))
     }
@@ -115,6 +121,7 @@ impl GgufWriter {
         }
     }
 
+    /// Sets `key` to an array of strings.
     pub fn set_str_array(&mut self, key: &str, values: &[&str]) -> &mut Self {
         let mut encoded = array_header(ValueType::String, values.len());
         for value in values {
@@ -123,6 +130,7 @@ impl GgufWriter {
         self.set_encoded(key, ValueType::Array, encoded)
     }
 
+    /// Sets `key` to an array of f32 values.
     pub fn set_f32_array(&mut self, key: &str, values: &[f32]) -> &mut Self {
         let mut encoded = array_header(ValueType::F32, values.len());
         for value in values {
@@ -131,6 +139,7 @@ impl GgufWriter {
         self.set_encoded(key, ValueType::Array, encoded)
     }
 
+    /// Sets `key` to an array of i32 values.
     pub fn set_i32_array(&mut self, key: &str, values: &[i32]) -> &mut Self {
         let mut encoded = array_header(ValueType::I32, values.len());
         for value in values {
@@ -140,7 +149,7 @@ impl GgufWriter {
     }
 
     /// Appends a tensor. `dims` are in ggml order (row length first) and
-    /// `data` holds the encoded rows.
+    /// `data` contains the encoded rows.
     ///
     /// # Shapes
     /// `data.len() == ggml_type.bytes_for(product of dims)`.
@@ -202,12 +211,16 @@ impl GgufWriter {
         Ok(self)
     }
 
+    /// Returns the alignment the data is laid out with. A `general.alignment`
+    /// that is not a u32 power of two leaves the default in place, and the
+    /// reader rejects such a file.
     fn alignment(&self) -> usize {
         self.metadata
             .iter()
-            .find(|(key, _, _)| key == ALIGNMENT_KEY)
+            .find(|(key, value_type, _)| key == ALIGNMENT_KEY && *value_type == ValueType::U32)
             .and_then(|(_, _, value)| value.as_slice().try_into().ok())
             .map(|bytes: [u8; 4]| u32::from_le_bytes(bytes) as usize)
+            .filter(|alignment| alignment.is_power_of_two())
             .unwrap_or(DEFAULT_ALIGNMENT)
     }
 
