@@ -1,0 +1,453 @@
+//! Text to token ids and back, for the vocabularies that GGUF files carry.
+//!
+//! Two vocabulary kinds are supported, named by the file's `tokenizer.ggml.model`:
+//! - `gpt2`: byte-level BPE with a regex pre-tokenizer chosen by `tokenizer.ggml.pre`
+//!   (SmolLM2), built on the `tokenizers` crate ([`bpe`]);
+//! - `llama`: SentencePiece-style merges by score with `<0xXX>` byte fallback
+//!   (Gemma 3), written here ([`spm`]).
+//!
+//! Both follow llama.cpp's tokenizer (`src/llama-vocab.cpp`), which is also the
+//! reference the tests compare ids against: special tokens (control, user-defined
+//! and unknown types) are cut out of the text first, longest token first, and only
+//! the text between them goes through the model's algorithm.
+
+mod bpe;
+mod special;
+mod spm;
+mod stream;
+
+pub use stream::StreamDecoder;
+
+use std::collections::HashMap;
+
+use bpe::BpeModel;
+use special::{Fragment, SpecialMatcher};
+use spm::SpmModel;
+
+/// Errors from building a tokenizer or converting between text and ids.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("unsupported tokenizer model {0:?}: expected \"gpt2\" (byte-level BPE) or \"llama\" (SentencePiece)")]
+    UnsupportedModel(String),
+    #[error("unsupported BPE pre-tokenizer {0:?}: supported values are {1}")]
+    UnsupportedPreTokenizer(String, &'static str),
+    #[error("the vocabulary is empty")]
+    EmptyVocabulary,
+    #[error("tokenizer.ggml.{field} has {found} entries but the vocabulary has {expected} tokens")]
+    LengthMismatch {
+        field: &'static str,
+        found: usize,
+        expected: usize,
+    },
+    #[error("tokenizer.ggml.{field} = {id} is out of range for a vocabulary of {n_vocab} tokens")]
+    SpecialIdOutOfRange {
+        field: &'static str,
+        id: u32,
+        n_vocab: usize,
+    },
+    #[error("invalid token type {value} for token {id}: expected 1 to 6 (normal, unknown, control, user-defined, unused, byte)")]
+    InvalidTokenType { id: usize, value: i32 },
+    #[error("a gpt2 (BPE) tokenizer needs tokenizer.ggml.merges, which is missing")]
+    MissingMerges,
+    #[error("invalid BPE merge {index} ({merge:?}): {reason}")]
+    InvalidMerge {
+        index: usize,
+        merge: String,
+        reason: String,
+    },
+    #[error("a llama (SentencePiece) tokenizer needs tokenizer.ggml.scores, which is missing")]
+    MissingScores,
+    #[error("no token for byte 0x{0:02X}: the vocabulary has neither <0x{0:02X}> nor the byte itself")]
+    MissingByteToken(u8),
+    #[error("token id {id} is out of range for a vocabulary of {n_vocab} tokens")]
+    IdOutOfRange { id: u32, n_vocab: usize },
+    #[error("add_bos is set but the vocabulary has no BOS token id")]
+    MissingBos,
+    #[error("add_eos is set but the vocabulary has no EOS token id")]
+    MissingEos,
+    #[error("BPE encoding failed: {0}")]
+    Bpe(String),
+    #[error("failed to build the special-token matcher: {0}")]
+    SpecialMatcher(String),
+}
+
+/// The vocabulary kind, from `tokenizer.ggml.model`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenizerModel {
+    /// `gpt2`: byte-level BPE over regex pre-tokenized words.
+    Gpt2Bpe,
+    /// `llama`: SentencePiece-style merges by score with byte fallback.
+    SentencePiece,
+}
+
+impl TokenizerModel {
+    /// Parses the value of `tokenizer.ggml.model`.
+    ///
+    /// # Errors
+    /// [`TokenizerError::UnsupportedModel`] for any other name.
+    pub fn from_gguf_name(name: &str) -> Result<Self, TokenizerError> {
+        match name {
+            "gpt2" => Ok(Self::Gpt2Bpe),
+            "llama" => Ok(Self::SentencePiece),
+            other => Err(TokenizerError::UnsupportedModel(other.to_string())),
+        }
+    }
+}
+
+/// A token's type, with the numbering of `tokenizer.ggml.token_type` (llama.cpp's
+/// `llama_token_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenType {
+    Normal = 1,
+    Unknown = 2,
+    Control = 3,
+    UserDefined = 4,
+    Unused = 5,
+    Byte = 6,
+}
+
+impl TokenType {
+    fn from_i32(value: i32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Normal,
+            2 => Self::Unknown,
+            3 => Self::Control,
+            4 => Self::UserDefined,
+            5 => Self::Unused,
+            6 => Self::Byte,
+            _ => return None,
+        })
+    }
+
+    /// Whether llama.cpp matches tokens of this type literally in the text before the
+    /// model's algorithm runs.
+    fn is_special(self) -> bool {
+        matches!(self, Self::Control | Self::UserDefined | Self::Unknown)
+    }
+}
+
+/// The parts a tokenizer is built from, as a GGUF file stores them under
+/// `tokenizer.ggml.*`.
+#[derive(Clone, Debug)]
+pub struct TokenizerSpec {
+    /// `tokenizer.ggml.model`.
+    pub model: TokenizerModel,
+    /// `tokenizer.ggml.pre`: the BPE pre-tokenizer name (ignored for SentencePiece).
+    pub pre: Option<String>,
+    /// `tokenizer.ggml.tokens`: token text, indexed by id.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.scores`: merge priority per token (SentencePiece only).
+    pub scores: Option<Vec<f32>>,
+    /// `tokenizer.ggml.token_type`: [`TokenType`] numbers per token; absent means
+    /// every token is normal.
+    pub token_types: Option<Vec<i32>>,
+    /// `tokenizer.ggml.merges`: `"left right"` pairs in rank order (BPE only).
+    pub merges: Option<Vec<String>>,
+    /// `tokenizer.ggml.bos_token_id`.
+    pub bos_id: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
+    pub eos_id: Option<u32>,
+    /// `tokenizer.ggml.eot_token_id` (end of turn).
+    pub eot_id: Option<u32>,
+    /// `tokenizer.ggml.eom_token_id` (end of message).
+    pub eom_id: Option<u32>,
+    /// `tokenizer.ggml.unknown_token_id`.
+    pub unknown_id: Option<u32>,
+    /// `tokenizer.ggml.padding_token_id`.
+    pub padding_id: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`: prepend BOS when special tokens are added.
+    pub add_bos: bool,
+    /// `tokenizer.ggml.add_eos_token`: append EOS when special tokens are added.
+    pub add_eos: bool,
+    /// `tokenizer.ggml.add_space_prefix`: SentencePiece prepends a space to the text
+    /// at the start and after each special token.
+    pub add_space_prefix: bool,
+}
+
+enum Model {
+    Bpe(BpeModel),
+    Spm(SpmModel),
+}
+
+/// A tokenizer built from a [`TokenizerSpec`].
+pub struct Tokenizer {
+    model: Model,
+    token_types: Vec<TokenType>,
+    /// Token text with its original spelling, indexed by id.
+    tokens: Vec<String>,
+    /// The bytes each token decodes to, indexed by id.
+    pieces: Vec<Vec<u8>>,
+    special: SpecialMatcher,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    eog_ids: Vec<u32>,
+    add_bos: bool,
+    add_eos: bool,
+}
+
+/// Token texts that end generation even when the file names another EOS token.
+///
+/// llama.cpp (`llama_vocab::impl::load` in `src/llama-vocab.cpp`) adds control tokens
+/// with these texts to its end-of-generation set, so a chat model stops at the end of
+/// its turn; SmolLM2's `<|endoftext|>` and Gemma 3's `<end_of_turn>` are two of them.
+const END_OF_GENERATION_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+];
+
+impl Tokenizer {
+    /// Builds a tokenizer from its parts.
+    ///
+    /// # Errors
+    /// A [`TokenizerError`] when a per-token array has the wrong length, a special id is
+    /// out of range, a token type is unknown, merges or scores are missing for the
+    /// model, a merge names tokens not in the vocabulary, or the BPE pre-tokenizer is
+    /// not supported.
+    pub fn from_spec(spec: TokenizerSpec) -> Result<Self, TokenizerError> {
+        let n_vocab = spec.tokens.len();
+        if n_vocab == 0 {
+            return Err(TokenizerError::EmptyVocabulary);
+        }
+        let token_types = parse_token_types(spec.token_types.as_deref(), n_vocab)?;
+        let check_id = |field: &'static str, id: Option<u32>| match id {
+            Some(id) if id as usize >= n_vocab => Err(TokenizerError::SpecialIdOutOfRange {
+                field,
+                id,
+                n_vocab,
+            }),
+            _ => Ok(id),
+        };
+        let bos_id = check_id("bos_token_id", spec.bos_id)?;
+        let eos_id = check_id("eos_token_id", spec.eos_id)?;
+        let eot_id = check_id("eot_token_id", spec.eot_id)?;
+        let eom_id = check_id("eom_token_id", spec.eom_id)?;
+        check_id("unknown_token_id", spec.unknown_id)?;
+        check_id("padding_token_id", spec.padding_id)?;
+        if spec.add_bos && bos_id.is_none() {
+            return Err(TokenizerError::MissingBos);
+        }
+        if spec.add_eos && eos_id.is_none() {
+            return Err(TokenizerError::MissingEos);
+        }
+
+        // llama.cpp's token_to_id map: a text that appears twice maps to the later id.
+        let mut token_to_id: HashMap<String, u32> = HashMap::with_capacity(n_vocab);
+        for (id, text) in spec.tokens.iter().enumerate() {
+            token_to_id.insert(text.clone(), id as u32);
+        }
+
+        let (model, pieces) = match spec.model {
+            TokenizerModel::Gpt2Bpe => {
+                let merges = spec.merges.as_deref().ok_or(TokenizerError::MissingMerges)?;
+                let model =
+                    BpeModel::new(&token_to_id, merges, spec.pre.as_deref())?;
+                let pieces = bpe::token_pieces(&spec.tokens, &token_types);
+                (Model::Bpe(model), pieces)
+            }
+            TokenizerModel::SentencePiece => {
+                let scores = spec.scores.ok_or(TokenizerError::MissingScores)?;
+                if scores.len() != n_vocab {
+                    return Err(TokenizerError::LengthMismatch {
+                        field: "scores",
+                        found: scores.len(),
+                        expected: n_vocab,
+                    });
+                }
+                let pieces = spm::token_pieces(&spec.tokens, &token_types);
+                let model = SpmModel::new(token_to_id, scores, spec.add_space_prefix);
+                (Model::Spm(model), pieces)
+            }
+        };
+
+        let special_ids: Vec<u32> = (0..n_vocab as u32)
+            .filter(|&id| token_types[id as usize].is_special())
+            .collect();
+        let special = SpecialMatcher::new(&spec.tokens, &token_types, special_ids)?;
+
+        let mut eog_ids: Vec<u32> = [eos_id, eot_id, eom_id].into_iter().flatten().collect();
+        for (id, text) in spec.tokens.iter().enumerate() {
+            if token_types[id] == TokenType::Control
+                && END_OF_GENERATION_TEXTS.contains(&text.as_str())
+            {
+                eog_ids.push(id as u32);
+            }
+        }
+        eog_ids.sort_unstable();
+        eog_ids.dedup();
+
+        Ok(Self {
+            model,
+            token_types,
+            tokens: spec.tokens,
+            pieces,
+            special,
+            bos_id,
+            eos_id,
+            eog_ids,
+            add_bos: spec.add_bos,
+            add_eos: spec.add_eos,
+        })
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn n_vocab(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The BOS token id, if the vocabulary has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// The EOS token id, if the vocabulary has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+
+    /// Whether [`Tokenizer::encode`] with `add_special` prepends BOS.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Ids that end generation: EOS, end of turn and end of message, sorted.
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.eog_ids
+    }
+
+    /// Whether `id` ends generation.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog_ids.binary_search(&id).is_ok()
+    }
+
+    /// The id of a token with exactly this text, if any.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.special.id_of(text).or_else(|| match &self.model {
+            Model::Bpe(m) => m.token_id(text),
+            Model::Spm(m) => m.token_id(text),
+        })
+    }
+
+    /// The stored text of token `id` (byte-level or `▁`-escaped spelling).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// The type of token `id`.
+    pub fn token_type(&self, id: u32) -> Option<TokenType> {
+        self.token_types.get(id as usize).copied()
+    }
+
+    /// Converts `text` to token ids.
+    ///
+    /// `add_special` prepends BOS and appends EOS as the file's `add_bos_token` and
+    /// `add_eos_token` say. `parse_special` matches control tokens such as
+    /// `<|im_start|>` in the text; user-defined tokens are always matched, as in
+    /// llama.cpp.
+    ///
+    /// # Errors
+    /// [`TokenizerError::MissingByteToken`] when SentencePiece needs a byte-fallback
+    /// token the vocabulary lacks, [`TokenizerError::Bpe`] when the BPE model fails.
+    pub fn encode(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
+        if add_special && self.add_bos {
+            ids.extend(self.bos_id);
+        }
+
+        let fragments = self.special.partition(text, parse_special);
+        let mut previous_was_special = true;
+        for fragment in fragments {
+            match fragment {
+                Fragment::Token(id) => {
+                    ids.push(id);
+                    previous_was_special = true;
+                }
+                Fragment::Text(range) => {
+                    let piece = &text[range];
+                    match &self.model {
+                        Model::Bpe(m) => m.encode(piece, &mut ids)?,
+                        Model::Spm(m) => m.encode(piece, previous_was_special, &mut ids)?,
+                    }
+                    previous_was_special = false;
+                }
+            }
+        }
+
+        if add_special && self.add_eos {
+            ids.extend(self.eos_id);
+        }
+        Ok(ids)
+    }
+
+    /// The bytes token `id` decodes to. Control tokens give their text when `special`
+    /// is set and nothing otherwise.
+    ///
+    /// # Errors
+    /// [`TokenizerError::IdOutOfRange`] for an id past the vocabulary.
+    pub fn token_bytes(&self, id: u32, special: bool) -> Result<&[u8], TokenizerError> {
+        let index = id as usize;
+        let piece = self.pieces.get(index).ok_or(TokenizerError::IdOutOfRange {
+            id,
+            n_vocab: self.tokens.len(),
+        })?;
+        if !special && self.token_types[index] == TokenType::Control {
+            return Ok(&[]);
+        }
+        Ok(piece)
+    }
+
+    /// Converts ids to bytes; see [`Tokenizer::token_bytes`] for `special`.
+    ///
+    /// # Errors
+    /// [`TokenizerError::IdOutOfRange`] for an id past the vocabulary.
+    pub fn decode_bytes(&self, ids: &[u32], special: bool) -> Result<Vec<u8>, TokenizerError> {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            bytes.extend_from_slice(self.token_bytes(id, special)?);
+        }
+        Ok(bytes)
+    }
+
+    /// Converts ids to text; byte sequences that are not valid UTF-8 become U+FFFD.
+    ///
+    /// # Errors
+    /// [`TokenizerError::IdOutOfRange`] for an id past the vocabulary.
+    pub fn decode(&self, ids: &[u32], special: bool) -> Result<String, TokenizerError> {
+        let bytes = self.decode_bytes(ids, special)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+fn parse_token_types(
+    raw: Option<&[i32]>,
+    n_vocab: usize,
+) -> Result<Vec<TokenType>, TokenizerError> {
+    let Some(raw) = raw else {
+        return Ok(vec![TokenType::Normal; n_vocab]);
+    };
+    if raw.len() != n_vocab {
+        return Err(TokenizerError::LengthMismatch {
+            field: "token_type",
+            found: raw.len(),
+            expected: n_vocab,
+        });
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(id, &value)| {
+            TokenType::from_i32(value).ok_or(TokenizerError::InvalidTokenType { id, value })
+        })
+        .collect()
+}
