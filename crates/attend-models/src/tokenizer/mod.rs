@@ -187,20 +187,31 @@ pub struct Tokenizer {
 
 /// Token texts that end generation even when the file names another EOS token.
 ///
-/// llama.cpp (`llama_vocab::impl::load` in `src/llama-vocab.cpp`) adds control tokens
-/// with these texts to its end-of-generation set, so a chat model stops at the end of
-/// its turn; SmolLM2's `<|endoftext|>` and Gemma 3's `<end_of_turn>` are two of them.
+/// llama.cpp (`llama_vocab::impl::load` in `src/llama-vocab.cpp`) adds tokens with
+/// these texts to its end-of-generation set so that a chat model stops at the end of
+/// its turn: end-of-turn markers, and the fill-in-the-middle repository and padding
+/// markers. SmolLM2's `<|endoftext|>` and `<reponame>` and Gemma 3's `<end_of_turn>`
+/// and `</s>` are among them; the fixtures record llama.cpp's set for both files.
+/// NOTE: llama.cpp's fill-in-the-middle lists are longer; only the markers seen in
+/// the models used here and their close relatives are listed.
 const END_OF_GENERATION_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
     "<end_of_turn>",
     "<|endoftext|>",
+    "</s>",
     "<|eom_id|>",
     "<EOT>",
     "_<EOT>",
     "<|end_of_text|>",
     "<end_of_utterance>",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<reponame>",
+    "<|fim_pad|>",
+    "<fim-pad>",
 ];
 
 impl Tokenizer {
@@ -274,9 +285,7 @@ impl Tokenizer {
 
         let mut eog_ids: Vec<u32> = [eos_id, eot_id, eom_id].into_iter().flatten().collect();
         for (id, text) in spec.tokens.iter().enumerate() {
-            if token_types[id] == TokenType::Control
-                && END_OF_GENERATION_TEXTS.contains(&text.as_str())
-            {
+            if END_OF_GENERATION_TEXTS.contains(&text.as_str()) {
                 eog_ids.push(id as u32);
             }
         }
