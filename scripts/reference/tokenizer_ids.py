@@ -144,6 +144,7 @@ def fixture_for(name, path):
         "eos_id": llm.token_eos(),
         "eog_ids": eog_ids,
         "chat_template_source": template_source,
+        "chat_template": template,
         "bos_token": bos,
         "eos_token": eos,
         "cases": cases,

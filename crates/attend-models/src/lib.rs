@@ -1,5 +1,6 @@
 //! Model files, quantized weights, tokenizers and architectures for attend.
 
+pub mod chat;
 pub mod ggml_type;
 pub mod tokenizer;
 
