@@ -299,7 +299,10 @@ mod tests {
 
     #[test]
     fn loop_controls_work() {
-        let out = render_str("{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}").unwrap();
+        let out = render_str(
+            "{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}",
+        )
+        .unwrap();
         assert_eq!(out, "012");
     }
 

@@ -183,7 +183,10 @@ mod tests {
         assert!(parse_merges(&["a b".into()], &vocab).is_ok());
         for bad in ["ab", "a c", "b a", "a "] {
             let err = parse_merges(&[bad.to_string()], &vocab).unwrap_err();
-            assert!(matches!(err, TokenizerError::InvalidMerge { index: 0, .. }), "{bad}");
+            assert!(
+                matches!(err, TokenizerError::InvalidMerge { index: 0, .. }),
+                "{bad}"
+            );
         }
     }
 }

@@ -57,7 +57,9 @@ pub enum TokenizerError {
     },
     #[error("a llama (SentencePiece) tokenizer needs tokenizer.ggml.scores, which is missing")]
     MissingScores,
-    #[error("no token for byte 0x{0:02X}: the vocabulary has neither <0x{0:02X}> nor the byte itself")]
+    #[error(
+        "no token for byte 0x{0:02X}: the vocabulary has neither <0x{0:02X}> nor the byte itself"
+    )]
     MissingByteToken(u8),
     #[error("token id {id} is out of range for a vocabulary of {n_vocab} tokens")]
     IdOutOfRange { id: u32, n_vocab: usize },
@@ -165,8 +167,8 @@ pub struct TokenizerSpec {
 }
 
 enum Model {
-    Bpe(BpeModel),
-    Spm(SpmModel),
+    Bpe(Box<BpeModel>),
+    Spm(Box<SpmModel>),
 }
 
 /// A tokenizer built from a [`TokenizerSpec`].
@@ -229,11 +231,9 @@ impl Tokenizer {
         }
         let token_types = parse_token_types(spec.token_types.as_deref(), n_vocab)?;
         let check_id = |field: &'static str, id: Option<u32>| match id {
-            Some(id) if id as usize >= n_vocab => Err(TokenizerError::SpecialIdOutOfRange {
-                field,
-                id,
-                n_vocab,
-            }),
+            Some(id) if id as usize >= n_vocab => {
+                Err(TokenizerError::SpecialIdOutOfRange { field, id, n_vocab })
+            }
             _ => Ok(id),
         };
         let bos_id = check_id("bos_token_id", spec.bos_id)?;
@@ -257,11 +257,13 @@ impl Tokenizer {
 
         let (model, pieces) = match spec.model {
             TokenizerModel::Gpt2Bpe => {
-                let merges = spec.merges.as_deref().ok_or(TokenizerError::MissingMerges)?;
-                let model =
-                    BpeModel::new(&token_to_id, merges, spec.pre.as_deref())?;
+                let merges = spec
+                    .merges
+                    .as_deref()
+                    .ok_or(TokenizerError::MissingMerges)?;
+                let model = BpeModel::new(&token_to_id, merges, spec.pre.as_deref())?;
                 let pieces = bpe::token_pieces(&spec.tokens, &token_types);
-                (Model::Bpe(model), pieces)
+                (Model::Bpe(Box::new(model)), pieces)
             }
             TokenizerModel::SentencePiece => {
                 let scores = spec.scores.ok_or(TokenizerError::MissingScores)?;
@@ -274,7 +276,7 @@ impl Tokenizer {
                 }
                 let pieces = spm::token_pieces(&spec.tokens, &token_types);
                 let model = SpmModel::new(token_to_id, scores, spec.add_space_prefix);
-                (Model::Spm(model), pieces)
+                (Model::Spm(Box::new(model)), pieces)
             }
         };
 

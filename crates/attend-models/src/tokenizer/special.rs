@@ -174,7 +174,10 @@ mod tests {
 
     #[test]
     fn control_tokens_need_parse_special() {
-        let m = matcher(&[("<c>", TokenType::Control), ("\n\n", TokenType::UserDefined)]);
+        let m = matcher(&[
+            ("<c>", TokenType::Control),
+            ("\n\n", TokenType::UserDefined),
+        ]);
         let parts = m.partition("<c>\n\n", false);
         assert_eq!(parts, vec![Fragment::Text(0..3), Fragment::Token(1)]);
     }
