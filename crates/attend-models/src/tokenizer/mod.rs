@@ -462,3 +462,164 @@ fn parse_token_types(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spm_spec(tokens: &[&str]) -> TokenizerSpec {
+        TokenizerSpec {
+            model: TokenizerModel::SentencePiece,
+            pre: None,
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            scores: Some(vec![0.0; tokens.len()]),
+            token_types: None,
+            merges: None,
+            bos_id: None,
+            eos_id: None,
+            eot_id: None,
+            eom_id: None,
+            unknown_id: None,
+            padding_id: None,
+            add_bos: false,
+            add_eos: false,
+            add_space_prefix: false,
+        }
+    }
+
+    fn bpe_spec() -> TokenizerSpec {
+        TokenizerSpec {
+            model: TokenizerModel::Gpt2Bpe,
+            pre: Some("smollm".into()),
+            merges: Some(vec!["a b".into()]),
+            ..spm_spec(&["a", "b", "ab", "<|end|>"])
+        }
+    }
+
+    #[test]
+    fn model_names_parse() {
+        assert_eq!(
+            TokenizerModel::from_gguf_name("gpt2").unwrap(),
+            TokenizerModel::Gpt2Bpe
+        );
+        assert_eq!(
+            TokenizerModel::from_gguf_name("llama").unwrap(),
+            TokenizerModel::SentencePiece
+        );
+        let err = TokenizerModel::from_gguf_name("bert").unwrap_err();
+        assert!(matches!(err, TokenizerError::UnsupportedModel(ref m) if m == "bert"));
+    }
+
+    #[test]
+    fn bad_specs_are_typed_errors() {
+        let empty = Tokenizer::from_spec(spm_spec(&[])).err().unwrap();
+        assert!(matches!(empty, TokenizerError::EmptyVocabulary));
+
+        let mut short_scores = spm_spec(&["a", "b"]);
+        short_scores.scores = Some(vec![0.0]);
+        let err = Tokenizer::from_spec(short_scores).err().unwrap();
+        assert!(matches!(
+            err,
+            TokenizerError::LengthMismatch {
+                field: "scores",
+                found: 1,
+                expected: 2
+            }
+        ));
+
+        let mut no_scores = spm_spec(&["a"]);
+        no_scores.scores = None;
+        assert!(matches!(
+            Tokenizer::from_spec(no_scores).err().unwrap(),
+            TokenizerError::MissingScores
+        ));
+
+        let mut bad_type = spm_spec(&["a", "b"]);
+        bad_type.token_types = Some(vec![1, 9]);
+        let err = Tokenizer::from_spec(bad_type).err().unwrap();
+        assert!(matches!(
+            err,
+            TokenizerError::InvalidTokenType { id: 1, value: 9 }
+        ));
+
+        let mut bad_bos = spm_spec(&["a"]);
+        bad_bos.bos_id = Some(5);
+        let err = Tokenizer::from_spec(bad_bos).err().unwrap();
+        assert!(matches!(
+            err,
+            TokenizerError::SpecialIdOutOfRange {
+                field: "bos_token_id",
+                id: 5,
+                ..
+            }
+        ));
+
+        let mut add_bos_without_id = spm_spec(&["a"]);
+        add_bos_without_id.add_bos = true;
+        assert!(matches!(
+            Tokenizer::from_spec(add_bos_without_id).err().unwrap(),
+            TokenizerError::MissingBos
+        ));
+
+        let mut no_merges = bpe_spec();
+        no_merges.merges = None;
+        assert!(matches!(
+            Tokenizer::from_spec(no_merges).err().unwrap(),
+            TokenizerError::MissingMerges
+        ));
+
+        let mut unknown_pre = bpe_spec();
+        unknown_pre.pre = Some("llama-bpe".into());
+        let err = Tokenizer::from_spec(unknown_pre).err().unwrap();
+        assert!(
+            matches!(err, TokenizerError::UnsupportedPreTokenizer(ref p, _) if p == "llama-bpe")
+        );
+    }
+
+    #[test]
+    fn bpe_merges_and_special_tokens() {
+        let mut spec = bpe_spec();
+        spec.token_types = Some(vec![1, 1, 1, 3]);
+        spec.eos_id = Some(3);
+        spec.add_eos = true;
+        let tokenizer = Tokenizer::from_spec(spec).unwrap();
+        assert_eq!(
+            tokenizer.encode("ab<|end|>a", true, true).unwrap(),
+            vec![2, 3, 0, 3]
+        );
+        assert_eq!(tokenizer.decode(&[2, 3, 0], false).unwrap(), "aba");
+        assert_eq!(tokenizer.decode(&[2, 3, 0], true).unwrap(), "ab<|end|>a");
+        assert!(tokenizer.is_eog(3));
+    }
+
+    #[test]
+    fn space_prefix_after_special_tokens() {
+        let mut spec = spm_spec(&["<s>", "\u{2581}", "a", "\u{2581}a"]);
+        spec.scores = Some(vec![0.0, 0.0, 0.0, 1.0]);
+        spec.token_types = Some(vec![3, 1, 1, 1]);
+        spec.bos_id = Some(0);
+        spec.add_bos = true;
+        spec.add_space_prefix = true;
+        let tokenizer = Tokenizer::from_spec(spec).unwrap();
+        // A leading space is added at the start and after the special token.
+        assert_eq!(
+            tokenizer.encode("a<s>a", true, true).unwrap(),
+            vec![0, 3, 0, 3]
+        );
+        assert_eq!(tokenizer.encode("", true, true).unwrap(), vec![0]);
+        assert_eq!(
+            tokenizer.encode("", false, true).unwrap(),
+            Vec::<u32>::new()
+        );
+    }
+
+    #[test]
+    fn decode_rejects_out_of_range_ids() {
+        let tokenizer = Tokenizer::from_spec(spm_spec(&["a"])).unwrap();
+        let err = tokenizer.decode(&[0, 1], false).unwrap_err();
+        assert!(matches!(
+            err,
+            TokenizerError::IdOutOfRange { id: 1, n_vocab: 1 }
+        ));
+    }
+}

@@ -293,6 +293,50 @@ mod tests {
         assert!(matches!(err, TokenizerError::MissingByteToken(0xC3)));
     }
 
+    /// Slow twin of the merge loop: rescans every adjacent pair after each merge and
+    /// merges the highest-scoring one that is a token, leftmost on ties.
+    fn naive_spm(vocab: &[(&str, f32)], text: &str) -> Vec<u32> {
+        let lookup = |piece: &str| vocab.iter().rposition(|(t, _)| *t == piece);
+        let mut symbols: Vec<String> = text.chars().map(String::from).collect();
+        loop {
+            let mut best: Option<(usize, f32)> = None;
+            for i in 0..symbols.len().saturating_sub(1) {
+                let joined = format!("{}{}", symbols[i], symbols[i + 1]);
+                if let Some(id) = lookup(&joined) {
+                    let score = vocab[id].1;
+                    if best.is_none_or(|(_, s)| score > s) {
+                        best = Some((i, score));
+                    }
+                }
+            }
+            let Some((i, _)) = best else { break };
+            let right = symbols.remove(i + 1);
+            symbols[i].push_str(&right);
+        }
+        symbols
+            .iter()
+            .map(|s| lookup(s).expect("single characters are in the test vocabulary") as u32)
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn merge_loop_matches_naive_twin(
+            scores in proptest::collection::vec(-10i8..10, 12),
+            text in "[abc]{0,24}",
+        ) {
+            let pieces = ["a", "b", "c", "ab", "bc", "ca", "aa", "abc", "bca", "aab", "cab", "abca"];
+            // Integer scores make ties common, which exercises the leftmost rule.
+            let vocab: Vec<(&str, f32)> = pieces
+                .iter()
+                .zip(&scores)
+                .map(|(p, s)| (*p, *s as f32))
+                .collect();
+            let m = model(&vocab);
+            proptest::prop_assert_eq!(encode(&m, &text), naive_spm(&vocab, &text));
+        }
+    }
+
     #[test]
     fn byte_token_names_parse() {
         assert_eq!(parse_byte_token("<0x0A>"), Some(0x0A));

@@ -84,3 +84,91 @@ impl StreamDecoder {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::{TokenizerModel, TokenizerSpec};
+
+    /// A SentencePiece vocabulary of the 256 byte tokens only, so id `b` is byte `b`.
+    fn byte_tokenizer() -> Tokenizer {
+        let tokens: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
+        let spec = TokenizerSpec {
+            model: TokenizerModel::SentencePiece,
+            pre: None,
+            scores: Some(vec![0.0; tokens.len()]),
+            token_types: Some(vec![6; tokens.len()]),
+            tokens,
+            merges: None,
+            bos_id: None,
+            eos_id: None,
+            eot_id: None,
+            eom_id: None,
+            unknown_id: None,
+            padding_id: None,
+            add_bos: false,
+            add_eos: false,
+            add_space_prefix: false,
+        };
+        Tokenizer::from_spec(spec).unwrap()
+    }
+
+    fn stream(tokenizer: &Tokenizer, bytes: &[u8]) -> (Vec<String>, String) {
+        let mut decoder = StreamDecoder::new(false);
+        let pieces: Vec<String> = bytes
+            .iter()
+            .map(|&b| decoder.push(tokenizer, b as u32).unwrap())
+            .collect();
+        (pieces, decoder.finish())
+    }
+
+    #[test]
+    fn holds_back_partial_characters() {
+        let tokenizer = byte_tokenizer();
+        let (pieces, rest) = stream(&tokenizer, "a€".as_bytes());
+        assert_eq!(pieces, vec!["a", "", "", "€"]);
+        assert_eq!(rest, "");
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_at_once() {
+        let tokenizer = byte_tokenizer();
+        let (pieces, rest) = stream(&tokenizer, &[0xFF, b'a', 0xE2, 0x82, b'b']);
+        assert_eq!(pieces, vec!["\u{FFFD}", "a", "", "", "\u{FFFD}b"]);
+        assert_eq!(rest, "");
+    }
+
+    #[test]
+    fn finish_flushes_incomplete_tail() {
+        let tokenizer = byte_tokenizer();
+        let (pieces, rest) = stream(&tokenizer, &[b'x', 0xF0, 0x9F]);
+        assert_eq!(pieces, vec!["x", "", ""]);
+        assert_eq!(rest, "\u{FFFD}");
+    }
+
+    #[test]
+    fn out_of_range_id_is_an_error() {
+        let tokenizer = byte_tokenizer();
+        let mut decoder = StreamDecoder::new(false);
+        let err = decoder.push(&tokenizer, 256).unwrap_err();
+        assert!(matches!(err, TokenizerError::IdOutOfRange { id: 256, .. }));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stream_equals_lossy_decode(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let tokenizer = byte_tokenizer();
+            let (pieces, rest) = stream(&tokenizer, &bytes);
+            let streamed: String = pieces.concat() + &rest;
+            proptest::prop_assert_eq!(streamed, String::from_utf8_lossy(&bytes).into_owned());
+        }
+
+        #[test]
+        fn valid_text_streams_exactly(text in "\\PC{0,32}") {
+            let tokenizer = byte_tokenizer();
+            let (pieces, rest) = stream(&tokenizer, text.as_bytes());
+            proptest::prop_assert_eq!(rest, "");
+            proptest::prop_assert_eq!(pieces.concat(), text);
+        }
+    }
+}
