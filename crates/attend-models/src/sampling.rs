@@ -215,7 +215,7 @@ pub fn apply_temperature(candidates: &mut Vec<Candidate>, temperature: f32) {
     }
 }
 
-/// The id with the largest logit, lower id on ties.
+/// Returns the id with the largest logit, lower id on ties.
 ///
 /// # Errors
 /// [`SamplingError::EmptyLogits`], [`SamplingError::InvalidLogit`] for NaN or +inf,
@@ -277,7 +277,7 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` (one per vocabulary entry), penalising the
-    /// tokens of `history` (all tokens so far, oldest first) as the settings say.
+    /// tokens of `history` (all tokens so far, oldest first) as the settings specify.
     ///
     /// # Shapes
     /// `logits: [n_vocab]`; `history: [n_tokens]` with ids below `n_vocab`.
@@ -338,7 +338,7 @@ impl Sampler {
     }
 }
 
-/// Why generation stopped.
+/// The reason generation stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// The model produced an end-of-generation token (not part of the text).
@@ -363,7 +363,7 @@ pub struct StopChecker {
     held: String,
 }
 
-/// What [`StopChecker::push_text`] lets through.
+/// The output of [`StopChecker::push_text`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StopOutput {
     /// Text safe to show now.

@@ -65,7 +65,7 @@ impl BpeModel {
         self.tokenizer.token_to_id(text)
     }
 
-    /// Appends the ids of `text`, which holds no special tokens.
+    /// Appends the ids of `text`, which contains no special tokens.
     pub(super) fn encode(&self, text: &str, ids: &mut Vec<u32>) -> Result<(), TokenizerError> {
         let encoding = self
             .tokenizer
@@ -130,7 +130,7 @@ fn byte_to_char_table() -> [char; 256] {
     table
 }
 
-/// The bytes each token decodes to: byte-level characters mapped back to bytes for
+/// Builds the bytes each token decodes to: byte-level characters mapped back to bytes for
 /// ordinary tokens, the text itself for control and user-defined tokens (which are
 /// matched literally in the input, so their text is their inverse).
 pub(super) fn token_pieces(tokens: &[String], token_types: &[TokenType]) -> Vec<Vec<u8>> {

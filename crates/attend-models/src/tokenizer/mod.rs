@@ -7,9 +7,9 @@
 //!   (Gemma 3), written here ([`spm`]).
 //!
 //! Both follow llama.cpp's tokenizer (`src/llama-vocab.cpp`), which is also the
-//! reference the tests compare ids against: special tokens (control, user-defined
-//! and unknown types) are cut out of the text first, longest token first, and only
-//! the text between them goes through the model's algorithm.
+//! reference the tests compare ids against. Special tokens (control, user-defined
+//! and unknown types) are cut out of the text first, longest token first. Only the
+//! text between them goes through the model's algorithm.
 
 mod bpe;
 mod special;
@@ -121,8 +121,8 @@ impl TokenType {
         })
     }
 
-    /// Whether llama.cpp matches tokens of this type literally in the text before the
-    /// model's algorithm runs.
+    /// Returns whether llama.cpp matches tokens of this type literally in the text
+    /// before the model's algorithm runs.
     fn is_special(self) -> bool {
         matches!(self, Self::Control | Self::UserDefined | Self::Unknown)
     }
@@ -221,9 +221,9 @@ impl Tokenizer {
     ///
     /// # Errors
     /// A [`TokenizerError`] when a per-token array has the wrong length, a special id is
-    /// out of range, a token type is unknown, merges or scores are missing for the
-    /// model, a merge names tokens not in the vocabulary, or the BPE pre-tokenizer is
-    /// not supported.
+    /// out of range or a token type is unknown. Also when the model's merges or scores
+    /// are missing, a merge names tokens not in the vocabulary, or the BPE
+    /// pre-tokenizer is not supported.
     pub fn from_spec(spec: TokenizerSpec) -> Result<Self, TokenizerError> {
         let n_vocab = spec.tokens.len();
         if n_vocab == 0 {
@@ -313,17 +313,17 @@ impl Tokenizer {
         self.tokens.len()
     }
 
-    /// The BOS token id, if the vocabulary has one.
+    /// Returns the BOS token id, if the vocabulary has one.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos_id
     }
 
-    /// The EOS token id, if the vocabulary has one.
+    /// Returns the EOS token id, if the vocabulary has one.
     pub fn eos_id(&self) -> Option<u32> {
         self.eos_id
     }
 
-    /// Whether [`Tokenizer::encode`] with `add_special` prepends BOS.
+    /// Returns whether [`Tokenizer::encode`] with `add_special` prepends BOS.
     pub fn add_bos(&self) -> bool {
         self.add_bos
     }
@@ -333,12 +333,12 @@ impl Tokenizer {
         &self.eog_ids
     }
 
-    /// Whether `id` ends generation.
+    /// Returns whether `id` ends generation.
     pub fn is_eog(&self, id: u32) -> bool {
         self.eog_ids.binary_search(&id).is_ok()
     }
 
-    /// The id of a token with exactly this text, if any.
+    /// Looks up the id of the token with exactly this text.
     pub fn token_id(&self, text: &str) -> Option<u32> {
         self.special.id_of(text).or_else(|| match &self.model {
             Model::Bpe(m) => m.token_id(text),
@@ -346,20 +346,20 @@ impl Tokenizer {
         })
     }
 
-    /// The stored text of token `id` (byte-level or `▁`-escaped spelling).
+    /// Returns the stored text of token `id` (byte-level or `▁`-escaped spelling).
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)
     }
 
-    /// The type of token `id`.
+    /// Returns the type of token `id`.
     pub fn token_type(&self, id: u32) -> Option<TokenType> {
         self.token_types.get(id as usize).copied()
     }
 
     /// Converts `text` to token ids.
     ///
-    /// `add_special` prepends BOS and appends EOS as the file's `add_bos_token` and
-    /// `add_eos_token` say. `parse_special` matches control tokens such as
+    /// `add_special` prepends BOS and appends EOS where the file's `add_bos_token` and
+    /// `add_eos_token` are set. `parse_special` matches control tokens such as
     /// `<|im_start|>` in the text; user-defined tokens are always matched, as in
     /// llama.cpp.
     ///
@@ -402,8 +402,8 @@ impl Tokenizer {
         Ok(ids)
     }
 
-    /// The bytes token `id` decodes to. Control tokens give their text when `special`
-    /// is set and nothing otherwise.
+    /// Returns the bytes token `id` decodes to. Control tokens give their text when
+    /// `special` is set and nothing otherwise.
     ///
     /// # Errors
     /// [`TokenizerError::IdOutOfRange`] for an id past the vocabulary.

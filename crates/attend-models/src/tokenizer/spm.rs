@@ -1,11 +1,11 @@
 //! SentencePiece-style tokenization (GGUF `tokenizer.ggml.model = "llama"`), as
 //! llama.cpp's `llm_tokenizer_spm_session` does it.
 //!
-//! Written here rather than taken from the `tokenizers` crate: its `BPE` model merges
-//! by a ranked merge list and its `Unigram` model segments by Viterbi, while llama.cpp
-//! (the reference these ids are checked against) greedily merges the adjacent pair
-//! whose joined text is the vocabulary token with the highest score, and falls back to
-//! `<0xXX>` byte tokens for characters left unmerged.
+//! Written here rather than taken from the `tokenizers` crate, because its `BPE` model
+//! merges by a ranked merge list and its `Unigram` model segments by Viterbi. llama.cpp
+//! (the reference these ids are checked against) instead merges, again and again, the
+//! adjacent pair whose joined text is the vocabulary token with the highest score. It
+//! falls back to `<0xXX>` byte tokens for characters left unmerged.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -95,7 +95,7 @@ impl SpmModel {
         self.token_to_id.get(text).copied()
     }
 
-    /// Appends the ids of `text`, which holds no special tokens. With
+    /// Appends the ids of `text`, which contains no special tokens. With
     /// `add_space_prefix`, a text at the start or right after a special token gets a
     /// leading space, as SentencePiece's "add dummy prefix" option does.
     pub(super) fn encode(
@@ -211,9 +211,9 @@ fn parse_byte_token(text: &str) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
-/// The bytes each token decodes to, following llama.cpp's `token_to_piece` for
-/// SentencePiece vocabularies: `▁` becomes a space in normal and user-defined
-/// tokens, byte tokens give their byte, the unknown token gives `▅` (U+2585), unused
+/// Builds the bytes each token decodes to, following llama.cpp's `token_to_piece` for
+/// SentencePiece vocabularies. `▁` becomes a space in normal and user-defined tokens,
+/// and byte tokens give their byte. The unknown token gives `▅` (U+2585), unused
 /// tokens give nothing, and control tokens give their text (shown only on request).
 pub(super) fn token_pieces(tokens: &[String], token_types: &[TokenType]) -> Vec<Vec<u8>> {
     tokens

@@ -46,7 +46,7 @@ impl StreamDecoder {
         text
     }
 
-    /// Whether bytes of an incomplete character are being held back.
+    /// Returns whether bytes of an incomplete character are being held back.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
@@ -90,7 +90,7 @@ mod tests {
     use super::*;
     use crate::tokenizer::{TokenizerModel, TokenizerSpec};
 
-    /// A SentencePiece vocabulary of the 256 byte tokens only, so id `b` is byte `b`.
+    /// Builds a SentencePiece vocabulary of the 256 byte tokens only, so id `b` is byte `b`.
     fn byte_tokenizer() -> Tokenizer {
         let tokens: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
         let spec = TokenizerSpec {
