@@ -10,6 +10,9 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{
+    Model as _, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer as _,
+};
 
 use super::{TokenType, TokenizerError};
 
@@ -25,7 +28,8 @@ const SUPPORTED_PRE: &str =
     "smollm, starcoder, refact, command-r, codeshell (digits then GPT-2), gpt2, mpt, olmo, jais";
 
 pub(super) struct BpeModel {
-    tokenizer: tokenizers::Tokenizer,
+    pre_tokenizer: PreTokenizerWrapper,
+    model: BPE,
 }
 
 impl BpeModel {
@@ -56,22 +60,34 @@ impl BpeModel {
             .build()
             .map_err(|e| TokenizerError::Bpe(e.to_string()))?;
 
-        let mut tokenizer = tokenizers::Tokenizer::new(model);
-        tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
-        Ok(Self { tokenizer })
+        Ok(Self {
+            pre_tokenizer,
+            model,
+        })
     }
 
     pub(super) fn token_id(&self, text: &str) -> Option<u32> {
-        self.tokenizer.token_to_id(text)
+        self.model.token_to_id(text)
     }
 
     /// Appends the ids of `text`, which contains no special tokens.
     pub(super) fn encode(&self, text: &str, ids: &mut Vec<u32>) -> Result<(), TokenizerError> {
-        let encoding = self
-            .tokenizer
-            .encode_fast(text, false)
-            .map_err(|e| TokenizerError::Bpe(e.to_string()))?;
-        ids.extend_from_slice(encoding.get_ids());
+        // The pre-tokenizer and model are called directly rather than through
+        // `tokenizers::Tokenizer`, which also builds offsets and an `Encoding`.
+        let bpe_error = |e: tokenizers::Error| TokenizerError::Bpe(e.to_string());
+        let mut pretokenized = PreTokenizedString::from(text);
+        self.pre_tokenizer
+            .pre_tokenize(&mut pretokenized)
+            .map_err(bpe_error)?;
+        pretokenized
+            .tokenize(|normalized| self.model.tokenize(normalized.get()))
+            .map_err(bpe_error)?;
+        let splits = pretokenized.get_splits(OffsetReferential::Original, OffsetType::Byte);
+        for (_, _, tokens) in splits {
+            if let Some(tokens) = tokens {
+                ids.extend(tokens.iter().map(|token| token.id));
+            }
+        }
         Ok(())
     }
 }

@@ -187,6 +187,24 @@ pub struct Tokenizer {
     add_eos: bool,
 }
 
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let model = match self.model {
+            Model::Bpe(_) => TokenizerModel::Gpt2Bpe,
+            Model::Spm(_) => TokenizerModel::SentencePiece,
+        };
+        f.debug_struct("Tokenizer")
+            .field("model", &model)
+            .field("n_vocab", &self.tokens.len())
+            .field("bos_id", &self.bos_id)
+            .field("eos_id", &self.eos_id)
+            .field("eog_ids", &self.eog_ids)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Token texts that end generation even when the file names another EOS token.
 ///
 /// llama.cpp (`llama_vocab::impl::load` in `src/llama-vocab.cpp`) adds tokens with
@@ -494,6 +512,13 @@ mod tests {
             merges: Some(vec!["a b".into()]),
             ..spm_spec(&["a", "b", "ab", "<|end|>"])
         }
+    }
+
+    #[test]
+    fn tokenizer_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+        assert_send_sync::<StreamDecoder>();
     }
 
     #[test]
