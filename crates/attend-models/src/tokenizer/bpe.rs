@@ -179,6 +179,7 @@ pub(super) fn token_pieces(tokens: &[String], token_types: &[TokenType]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::{Just, Strategy};
 
     #[test]
     fn byte_table_is_a_bijection() {
@@ -203,6 +204,66 @@ mod tests {
                 matches!(err, TokenizerError::InvalidMerge { index: 0, .. }),
                 "{bad}"
             );
+        }
+    }
+
+    /// Slow twin of rank-ordered BPE on one word: merge the adjacent pair with the
+    /// lowest merge rank, leftmost on ties, until no pair has a merge.
+    fn naive_bpe(merges: &[(&str, &str)], word: &str) -> Vec<String> {
+        let mut symbols: Vec<String> = word.chars().map(String::from).collect();
+        loop {
+            let mut best: Option<(usize, usize)> = None;
+            for i in 0..symbols.len().saturating_sub(1) {
+                let rank = merges
+                    .iter()
+                    .position(|(l, r)| *l == symbols[i] && *r == symbols[i + 1]);
+                if let Some(rank) = rank {
+                    if best.is_none_or(|(_, best_rank)| rank < best_rank) {
+                        best = Some((i, rank));
+                    }
+                }
+            }
+            let Some((i, _)) = best else { break };
+            let right = symbols.remove(i + 1);
+            symbols[i].push_str(&right);
+        }
+        symbols
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bpe_matches_naive_twin(
+            order in Just((0..8usize).collect::<Vec<_>>()).prop_shuffle(),
+            word in "[abc]{1,20}",
+        ) {
+            let candidates = [
+                ("a", "b"), ("b", "c"), ("a", "a"), ("ab", "c"),
+                ("c", "a"), ("b", "b"), ("a", "bc"), ("ab", "ab"),
+            ];
+            let merges: Vec<(&str, &str)> = order.iter().map(|&i| candidates[i]).collect();
+            let mut tokens: Vec<String> = ["a", "b", "c"].iter().map(|t| t.to_string()).collect();
+            for (l, r) in &merges {
+                tokens.push(format!("{l}{r}"));
+            }
+            let mut token_to_id = HashMap::new();
+            for (id, text) in tokens.iter().enumerate() {
+                token_to_id.insert(text.clone(), id as u32);
+            }
+            // Keep only merges whose parts exist, as real merge lists do.
+            let usable: Vec<(&str, &str)> = merges
+                .iter()
+                .copied()
+                .filter(|(l, r)| token_to_id.contains_key(*l) && token_to_id.contains_key(*r))
+                .collect();
+            let merge_strings: Vec<String> = usable.iter().map(|(l, r)| format!("{l} {r}")).collect();
+            let model = BpeModel::new(&token_to_id, &merge_strings, Some("gpt2")).unwrap();
+            let mut ids = Vec::new();
+            model.encode(&word, &mut ids).unwrap();
+            let expected: Vec<u32> = naive_bpe(&usable, &word)
+                .iter()
+                .map(|piece| token_to_id[piece])
+                .collect();
+            proptest::prop_assert_eq!(ids, expected);
         }
     }
 }
