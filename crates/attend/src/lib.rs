@@ -1,1 +1,4 @@
 //! Exact attention kernels for the CPU.
+
+pub mod kv;
+pub mod rope;
