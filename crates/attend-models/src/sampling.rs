@@ -142,9 +142,14 @@ pub fn apply_repetition_penalty(
     Ok(())
 }
 
-/// Sorts candidates by logit, largest first, ties by id.
+/// Orders candidates by logit, largest first, ties by lower id.
+fn descending(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
+}
+
+/// Sorts candidates by logit, largest first, ties by lower id.
 fn sort_descending(candidates: &mut [Candidate]) {
-    candidates.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+    candidates.sort_by(descending);
 }
 
 /// Softmax probabilities of candidates, in f64.
@@ -161,12 +166,19 @@ fn probabilities(candidates: &[Candidate]) -> Vec<f64> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-/// Keeps the `k` candidates with the largest logits (ties by lower id), sorted; 0 keeps all.
+/// Keeps the `k` candidates with the largest logits (ties by lower id), sorted; 0 keeps
+/// all in their order.
 pub fn top_k(candidates: &mut Vec<Candidate>, k: usize) {
-    sort_descending(candidates);
-    if k > 0 {
+    if k == 0 {
+        return;
+    }
+    if k < candidates.len() {
+        // Partition first so only the k kept candidates are sorted: with a vocabulary
+        // of 262144 a full sort per token would cost more than the rest of sampling.
+        candidates.select_nth_unstable_by(k - 1, descending);
         candidates.truncate(k);
     }
+    sort_descending(candidates);
 }
 
 /// Keeps the smallest prefix of the sorted candidates whose probability sums to at
@@ -175,18 +187,37 @@ pub fn top_p(candidates: &mut Vec<Candidate>, p: f32) {
     if p >= 1.0 || candidates.is_empty() {
         return;
     }
-    sort_descending(candidates);
-    let probs = probabilities(candidates);
-    let mut cumulative = 0.0;
-    let mut keep = candidates.len();
-    for (index, prob) in probs.iter().enumerate() {
-        cumulative += prob;
-        if cumulative >= p as f64 {
-            keep = index + 1;
-            break;
+    let len = candidates.len();
+    let max_logit = candidates
+        .iter()
+        .map(|c| c.logit)
+        .fold(f32::NEG_INFINITY, f32::max) as f64;
+    let total: f64 = candidates
+        .iter()
+        .map(|c| (c.logit as f64 - max_logit).exp())
+        .sum();
+
+    // The kept set is a prefix of the sorted order. Model logits are usually peaked,
+    // so first sort only the 256 largest; sort everything when they do not reach `p`.
+    let mut head = len.min(256);
+    loop {
+        if head < len {
+            candidates.select_nth_unstable_by(head - 1, descending);
         }
+        sort_descending(&mut candidates[..head]);
+        let mut cumulative = 0.0;
+        for index in 0..head {
+            cumulative += (candidates[index].logit as f64 - max_logit).exp() / total;
+            if cumulative >= p as f64 {
+                candidates.truncate(index + 1);
+                return;
+            }
+        }
+        if head == len {
+            return;
+        }
+        head = len;
     }
-    candidates.truncate(keep);
 }
 
 /// Keeps candidates whose probability is at least `p` times the largest one, that
@@ -290,23 +321,24 @@ impl Sampler {
         check_logits(logits)?;
         let params = &self.params;
 
-        // Repetition penalty over the last `repeat_last_n` tokens.
-        self.scratch.clear();
-        self.scratch.extend_from_slice(logits);
+        // Repetition penalty over the last `repeat_last_n` tokens, on a copy.
         let window_start = history.len().saturating_sub(params.repeat_last_n);
-        apply_repetition_penalty(
-            &mut self.scratch,
-            &history[window_start..],
-            params.repeat_penalty,
-        )?;
+        let recent = &history[window_start..];
+        let logits = if params.repeat_penalty != 1.0 && !recent.is_empty() {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(logits);
+            apply_repetition_penalty(&mut self.scratch, recent, params.repeat_penalty)?;
+            &self.scratch
+        } else {
+            logits
+        };
 
         if params.temperature == 0.0 {
-            return argmax(&self.scratch);
+            return argmax(logits);
         }
 
         // Filters, in llama.cpp's order, over the tokens that can still be drawn.
-        let mut candidates: Vec<Candidate> = self
-            .scratch
+        let mut candidates: Vec<Candidate> = logits
             .iter()
             .enumerate()
             .filter(|(_, &logit)| logit > f32::NEG_INFINITY)

@@ -42,7 +42,7 @@ fn top_k_keeps_k_largest() {
 fn top_k_zero_and_large_keep_all() {
     let mut c = candidates(&[0.5, 3.0, -1.0]);
     top_k(&mut c, 0);
-    assert_eq!(ids(&c), vec![1, 0, 2]);
+    assert_eq!(ids(&c), vec![0, 1, 2]);
     let mut c = candidates(&[0.5, 3.0, -1.0]);
     top_k(&mut c, 10);
     assert_eq!(c.len(), 3);
@@ -411,4 +411,19 @@ fn stop_strings_respect_char_boundaries() {
     assert_eq!(checker.push_text("caf").text, "caf");
     assert_eq!(checker.push_text("é").text, "");
     assert_eq!(checker.push_text("s").text, "és");
+}
+
+#[test]
+fn top_k_matches_full_sort() {
+    // Many ties, so the partial selection must break them the same way as a full sort.
+    let logits: Vec<f32> = (0..500).map(|i| ((i * 7919) % 13) as f32).collect();
+    for k in [1, 2, 13, 40, 499, 500, 501] {
+        // k = 0 keeps everything unsorted, so it is not compared here.
+        let mut partial = candidates(&logits);
+        top_k(&mut partial, k);
+        let mut full = candidates(&logits);
+        full.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+        full.truncate(k);
+        assert_eq!(ids(&partial), ids(&full), "k = {k}");
+    }
 }
