@@ -392,7 +392,7 @@ pub struct StopChecker {
     stop_strings: Vec<String>,
     max_tokens: usize,
     tokens_seen: usize,
-    held: String,
+    held_text: String,
 }
 
 /// The output of [`StopChecker::push_text`].
@@ -405,7 +405,9 @@ pub struct StopOutput {
 }
 
 impl StopChecker {
-    /// Empty stop strings are ignored.
+    /// Creates a checker that stops at any of `eog_ids`, at any of `stop_strings`
+    /// (empty ones are ignored) or after `max_tokens` tokens. It receives tokens only
+    /// after they are generated, so a caller with `max_tokens == 0` must not start.
     pub fn new(eog_ids: &[u32], stop_strings: &[String], max_tokens: usize) -> Self {
         Self {
             eog_ids: eog_ids.to_vec(),
@@ -416,7 +418,7 @@ impl StopChecker {
                 .collect(),
             max_tokens,
             tokens_seen: 0,
-            held: String::new(),
+            held_text: String::new(),
         }
     }
 
@@ -435,18 +437,18 @@ impl StopChecker {
 
     /// Adds decoded text and returns what can be shown; see [`StopOutput`].
     pub fn push_text(&mut self, piece: &str) -> StopOutput {
-        self.held.push_str(piece);
+        self.held_text.push_str(piece);
 
         // The earliest stop string wins; among those at one position, the longest.
         let found = self
             .stop_strings
             .iter()
-            .filter_map(|stop| self.held.find(stop.as_str()).map(|pos| (pos, stop)))
+            .filter_map(|stop| self.held_text.find(stop.as_str()).map(|pos| (pos, stop)))
             .min_by(|a, b| a.0.cmp(&b.0).then(b.1.len().cmp(&a.1.len())));
         if let Some((pos, stop)) = found {
             let stop = stop.clone();
-            let text = self.held[..pos].to_string();
-            self.held.clear();
+            let text = self.held_text[..pos].to_string();
+            self.held_text.clear();
             return StopOutput {
                 text,
                 stop: Some(StopReason::StopString(stop)),
@@ -454,21 +456,21 @@ impl StopChecker {
         }
 
         // Hold back the longest tail that is a proper prefix of some stop string.
-        let mut keep_from = self.held.len();
-        for (start, _) in self.held.char_indices() {
-            let tail = &self.held[start..];
+        let mut keep_from = self.held_text.len();
+        for (start, _) in self.held_text.char_indices() {
+            let tail = &self.held_text[start..];
             if self.stop_strings.iter().any(|stop| stop.starts_with(tail)) {
                 keep_from = start;
                 break;
             }
         }
-        let text = self.held[..keep_from].to_string();
-        self.held.drain(..keep_from);
+        let text = self.held_text[..keep_from].to_string();
+        self.held_text.drain(..keep_from);
         StopOutput { text, stop: None }
     }
 
     /// Returns the text still held back, at the end of generation.
     pub fn finish(&mut self) -> String {
-        std::mem::take(&mut self.held)
+        std::mem::take(&mut self.held_text)
     }
 }
