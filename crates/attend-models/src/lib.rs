@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod ggml_type;
+pub mod gguf;
 pub mod ops;
 pub mod sampling;
 pub mod tokenizer;
