@@ -1,5 +1,6 @@
 //! Model files, quantized weights, tokenizers and architectures for attend.
 
+pub mod chat;
 pub mod decoder;
 pub mod error;
 pub mod gemma3;
@@ -8,6 +9,8 @@ pub mod gguf;
 pub mod llama;
 pub mod ops;
 pub mod quant;
+pub mod sampling;
+pub mod tokenizer;
 
 pub use decoder::{Decoder, DecoderConfig, Logits, Session};
 pub use error::ModelError;
