@@ -12,6 +12,9 @@ use minijinja::value::{Value, ValueKind};
 use minijinja::{context, Environment, Error, ErrorKind, State};
 use serde::Serialize;
 
+use crate::gguf::{Gguf, GgufError, OptionalKey};
+use crate::tokenizer::Tokenizer;
+
 /// The Gemma 3 turn format, for Gemma 3 GGUF files that carry no chat template.
 const GEMMA3_TEMPLATE: &str = include_str!("chat_templates/gemma3.jinja");
 
@@ -28,6 +31,8 @@ pub enum ChatTemplateError {
     Syntax(String),
     #[error("failed to render the chat template: {0}")]
     Render(String),
+    #[error("failed to read the chat template from the model file: {0}")]
+    Metadata(String),
 }
 
 const BUILTIN_NAMES: &str = "gemma3";
@@ -259,6 +264,44 @@ fn python_method(
     }
 
     Err(Error::from(ErrorKind::UnknownMethod))
+}
+
+impl ChatTemplate {
+    /// Compiles the chat template of a GGUF model, with its BOS and EOS texts.
+    ///
+    /// A file without `tokenizer.chat_template` gets the builtin template of its
+    /// architecture when there is one (`gemma3`: Gemma 3 GGUF files often carry none).
+    ///
+    /// # Errors
+    /// [`ChatTemplateError::Missing`] when the file has no template and no builtin
+    /// matches its architecture, [`ChatTemplateError::Syntax`] when the template does
+    /// not parse, [`ChatTemplateError::Metadata`] when a key has the wrong type.
+    pub fn from_gguf(gguf: &Gguf, tokenizer: &Tokenizer) -> Result<Self, ChatTemplateError> {
+        let metadata_error = |e: GgufError| ChatTemplateError::Metadata(e.to_string());
+        let token_text = |id: Option<u32>| {
+            id.and_then(|id| tokenizer.token_text(id))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let bos_token = token_text(tokenizer.bos_id());
+        let eos_token = token_text(tokenizer.eos_id());
+
+        let source = gguf
+            .get_str("tokenizer.chat_template")
+            .optional()
+            .map_err(metadata_error)?;
+        if let Some(source) = source {
+            return Self::new(source, bos_token, eos_token);
+        }
+        let architecture = gguf
+            .get_str("general.architecture")
+            .optional()
+            .map_err(metadata_error)?;
+        match architecture {
+            Some("gemma3") => Self::builtin("gemma3", bos_token, eos_token),
+            _ => Err(ChatTemplateError::Missing(BUILTIN_NAMES)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,12 @@
 //! text between them goes through the model's algorithm.
 
 mod bpe;
+mod gguf;
 mod special;
 mod spm;
 mod stream;
 
+pub use gguf::GgufTokenizerError;
 pub use stream::StreamDecoder;
 
 use std::collections::HashMap;
