@@ -125,7 +125,7 @@ fn arbitrary_metadata_never_panics() {
         })
         .unwrap();
 
-    // The property says nothing unless many of the specs are valid; about a quarter are.
+    // The property proves nothing unless many specs are valid; about a quarter are.
     let built = built.load(Ordering::Relaxed);
     assert!(
         built >= cases as usize / 10,
