@@ -235,6 +235,7 @@ pub fn top_p(candidates: &mut Vec<Candidate>, p: f32) {
         if head == len {
             return;
         }
+        // NOTE: a flat distribution ends up here and pays for a full sort.
         head = len;
     }
 }
