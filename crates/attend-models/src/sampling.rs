@@ -4,6 +4,25 @@
 //! (`common/sampling.cpp`): repetition penalty, top-k, top-p, min-p, temperature,
 //! then a draw from the softmax of what is left. A temperature of 0 is greedy
 //! decoding. The random draw uses a seeded `StdRng`, so one seed reproduces a run.
+//!
+//! ```
+//! use attend_models::sampling::{Sampler, SamplingParams, StopChecker, StopReason};
+//!
+//! let params = SamplingParams { temperature: 0.7, seed: 42, ..SamplingParams::default() };
+//! let mut sampler = Sampler::new(params)?;
+//! let mut stop = StopChecker::new(&[2], &["\n\n".to_string()], 16);
+//! let logits = [0.1_f32, 2.0, 0.5, -1.0];
+//! let mut history = Vec::new();
+//! loop {
+//!     let id = sampler.sample(&logits, &history)?;
+//!     history.push(id);
+//!     if let Some(reason) = stop.push_token(id) {
+//!         assert!(matches!(reason, StopReason::EndOfGeneration(2) | StopReason::MaxTokens));
+//!         break;
+//!     }
+//! }
+//! # Ok::<(), attend_models::sampling::SamplingError>(())
+//! ```
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -216,6 +235,7 @@ pub fn top_p(candidates: &mut Vec<Candidate>, p: f32) {
         if head == len {
             return;
         }
+        // NOTE: a flat distribution ends up here and pays for a full sort.
         head = len;
     }
 }

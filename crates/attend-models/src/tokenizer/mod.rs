@@ -10,6 +10,21 @@
 //! reference the tests compare ids against. Special tokens (control, user-defined
 //! and unknown types) are cut out of the text first, longest token first. Only the
 //! text between them goes through the model's algorithm.
+//!
+//! ```no_run
+//! use attend_models::gguf::Gguf;
+//! use attend_models::tokenizer::{StreamDecoder, Tokenizer};
+//!
+//! let gguf = Gguf::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let tokenizer = Tokenizer::from_gguf(&gguf)?;
+//! // BOS as the file says, and `<|im_start|>` parsed as one special token.
+//! let ids = tokenizer.encode("<|im_start|>user\nHello<|im_end|>", true, true)?;
+//! let mut decoder = StreamDecoder::new(false);
+//! for &id in &ids {
+//!     print!("{}", decoder.push(&tokenizer, id)?);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod bpe;
 mod gguf;
