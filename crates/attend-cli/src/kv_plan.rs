@@ -1,19 +1,26 @@
 //! `attend kv-plan`: the KV cache memory a model shape needs at a given context.
 
+use std::path::PathBuf;
+
 use attend::kv::{plan_kv_memory, KvDtype, KvPlan, KvPlanRequest};
+use attend_models::gguf::Gguf;
+use attend_models::DecoderConfig;
 
 /// Options of `attend kv-plan`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KvPlanArgs {
+    /// GGUF model whose metadata gives the layers, heads, head dim and windows.
+    #[arg(long, conflicts_with_all = ["layers", "kv_heads", "head_dim", "window", "sliding_layers"])]
+    pub model: Option<PathBuf>,
     /// Number of attention layers.
-    #[arg(long)]
-    pub layers: usize,
+    #[arg(long, required_unless_present = "model")]
+    pub layers: Option<usize>,
     /// Key/value heads per layer.
-    #[arg(long)]
-    pub kv_heads: usize,
+    #[arg(long, required_unless_present = "model")]
+    pub kv_heads: Option<usize>,
     /// Elements per head.
-    #[arg(long)]
-    pub head_dim: usize,
+    #[arg(long, required_unless_present = "model")]
+    pub head_dim: Option<usize>,
     /// Tokens per sequence (prompt plus generated).
     #[arg(long)]
     pub context: usize,
@@ -38,19 +45,53 @@ pub struct KvPlanArgs {
 }
 
 impl KvPlanArgs {
-    fn request(&self) -> KvPlanRequest {
-        KvPlanRequest {
-            layers: self.layers,
-            n_kv_heads: self.kv_heads,
-            head_dim: self.head_dim,
+    /// Builds the planner's request from the options, reading the shape from
+    /// `--model` when it is given.
+    fn request(&self) -> Result<KvPlanRequest, String> {
+        let mut request = KvPlanRequest {
+            layers: self.layers.unwrap_or(0),
+            n_kv_heads: self.kv_heads.unwrap_or(0),
+            head_dim: self.head_dim.unwrap_or(0),
             context: self.context,
             batch: self.batch,
             dtype: self.dtype,
             window: self.window,
             sliding_layers: self.sliding_layers.unwrap_or(0),
             block_size: self.block_size,
+        };
+        if let Some(path) = &self.model {
+            let config = model_config(path)?;
+            request.layers = config.n_layers;
+            request.n_kv_heads = config.n_kv_heads;
+            request.head_dim = config.head_dim;
+            let windows: Vec<usize> = config.layers.iter().filter_map(|l| l.window).collect();
+            request.sliding_layers = windows.len();
+            request.window = windows.first().copied();
+            if windows.iter().any(|&w| Some(w) != request.window) {
+                return Err(format!(
+                    "{} has sliding layers with different windows, which kv-plan cannot express",
+                    path.display()
+                ));
+            }
         }
+        Ok(request)
     }
+}
+
+/// Reads the architecture config of a GGUF model.
+fn model_config(path: &std::path::Path) -> Result<DecoderConfig, String> {
+    let file = Gguf::open(path).map_err(|e| e.to_string())?;
+    let config = match file.architecture().map_err(|e| e.to_string())? {
+        "llama" => attend_models::llama::config(&file),
+        "gemma3" => attend_models::gemma3::config(&file),
+        other => {
+            return Err(format!(
+                "{}: architecture '{other}' has no KV cache plan here; kv-plan --model reads llama and gemma3 files",
+                path.display()
+            ))
+        }
+    };
+    config.map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Runs `attend kv-plan` and prints the plan to stdout.
@@ -58,21 +99,21 @@ impl KvPlanArgs {
 /// # Errors
 /// A message naming the invalid option when the plan cannot be computed.
 pub fn run(args: &KvPlanArgs) -> Result<(), String> {
-    let plan =
-        plan_kv_memory(&args.request()).map_err(|e| format!("invalid kv-plan options: {e}"))?;
+    let request = args.request()?;
+    let plan = plan_kv_memory(&request).map_err(|e| format!("invalid kv-plan options: {e}"))?;
     if args.json {
-        println!("{}", plan_json(args, &plan));
+        println!("{}", plan_json(&request, &plan));
     } else {
-        print!("{}", plan_text(args, &plan));
+        print!("{}", plan_text(&request, &plan));
     }
     Ok(())
 }
 
 /// Builds the JSON object of a plan; `total_bytes` is the KV cache of all layers for the batch.
-pub fn plan_json(args: &KvPlanArgs, plan: &KvPlan) -> serde_json::Value {
+pub fn plan_json(args: &KvPlanRequest, plan: &KvPlan) -> serde_json::Value {
     serde_json::json!({
         "layers": args.layers,
-        "kv_heads": args.kv_heads,
+        "kv_heads": args.n_kv_heads,
         "head_dim": args.head_dim,
         "context": args.context,
         "batch": args.batch,
@@ -98,14 +139,14 @@ fn mib(bytes: u64) -> String {
 }
 
 /// Formats a plan as lines of text with units.
-pub fn plan_text(args: &KvPlanArgs, plan: &KvPlan) -> String {
+pub fn plan_text(args: &KvPlanRequest, plan: &KvPlan) -> String {
     let mut out = String::new();
     let mut line = |label: &str, value: String| out.push_str(&format!("{label:<28}{value}\n"));
     line(
         "shape",
         format!(
             "{} layers, {} kv heads x {} dims, {}, context {}, batch {}",
-            args.layers, args.kv_heads, args.head_dim, args.dtype, args.context, args.batch
+            args.layers, args.n_kv_heads, args.head_dim, args.dtype, args.context, args.batch
         ),
     );
     line(
@@ -178,8 +219,9 @@ mod tests {
     #[test]
     fn json_has_total_bytes() {
         let args = parse("--layers 18 --kv-heads 1 --head-dim 256 --context 8192 --window 512 --sliding-layers 15").unwrap();
-        let plan = plan_kv_memory(&args.request()).unwrap();
-        let json = plan_json(&args, &plan);
+        let request = args.request().unwrap();
+        let plan = plan_kv_memory(&request).unwrap();
+        let json = plan_json(&request, &plan);
         assert_eq!(json["total_bytes"], 33_030_144);
         assert_eq!(json["window_saving_bytes"], 117_964_800);
         assert_eq!(json["dtype"], "f16");
@@ -188,8 +230,9 @@ mod tests {
     #[test]
     fn text_names_total_and_saving() {
         let args = parse("--layers 2 --kv-heads 2 --head-dim 4 --context 100 --dtype bf16 --batch 2 --window 40 --sliding-layers 1 --block-size 16").unwrap();
-        let plan = plan_kv_memory(&args.request()).unwrap();
-        let text = plan_text(&args, &plan);
+        let request = args.request().unwrap();
+        let plan = plan_kv_memory(&request).unwrap();
+        let text = plan_text(&request, &plan);
         assert!(text.contains("10240 bytes"), "{text}");
         assert!(text.contains("saved by windows"), "{text}");
         assert!(text.contains("20 of 16 tokens"), "{text}");

@@ -4,8 +4,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench_generate;
 mod bench_matmul;
+mod common;
+mod generate;
 mod kv_plan;
+mod perplexity;
+mod tokenize;
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +25,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt with a GGUF model (default: SmolLM2).
+    Generate(generate::GenerateArgs),
+    /// Chat interactively, keeping the KV cache between turns.
+    Chat(generate::ChatArgs),
+    /// Print the token ids of a text.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Measure perplexity over a text file as llama.cpp's perplexity tool does.
+    Perplexity(perplexity::PerplexityArgs),
     /// Print the KV cache memory a model shape needs at a given context.
     KvPlan(kv_plan::KvPlanArgs),
     /// Measure kernels and models against this machine's baselines.
@@ -29,14 +42,28 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Prefill and decode tokens/s of a GGUF model.
+    Generate(bench_generate::BenchGenerateArgs),
     /// Quantized matrix products against memory copy and f32 GEMM.
     Matmul(bench_matmul::BenchMatmulArgs),
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ATTEND_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let result: Result<(), String> = match &cli.command {
+        Command::Generate(args) => generate::run_generate(args),
+        Command::Chat(args) => generate::run_chat(args),
+        Command::Tokenize(args) => tokenize::run(args),
+        Command::Perplexity(args) => perplexity::run(args),
         Command::KvPlan(args) => kv_plan::run(args),
+        Command::Bench(BenchCommand::Generate(args)) => bench_generate::run(args),
         Command::Bench(BenchCommand::Matmul(args)) => bench_matmul::run(args)
             .map(|_| ())
             .map_err(|e| e.to_string()),

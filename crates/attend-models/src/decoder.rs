@@ -28,6 +28,9 @@ use crate::ops;
 use crate::quant::{self, QuantMatrix};
 use crate::GgmlType;
 
+/// The KV storage type sessions use unless told otherwise, as llama.cpp's default.
+pub const DEFAULT_KV_DTYPE: KvDtype = KvDtype::F16;
+
 /// The one sequence a [`Session`] holds in its caches.
 const SEQ: SeqId = SeqId(0);
 
@@ -281,6 +284,23 @@ impl Decoder {
     /// The architecture's settings.
     pub fn config(&self) -> &DecoderConfig {
         &self.config
+    }
+
+    /// Reads one byte of every page of the mapped file, so that the weights are in
+    /// memory before the first token instead of faulting in during it. Calls
+    /// `progress` with the bytes read so far every 8 MiB and at the end.
+    pub fn prefault(&self, mut progress: impl FnMut(u64)) {
+        const PAGE: usize = 4096;
+        const REPORT: usize = 8 << 20;
+        let bytes = self.file.bytes();
+        let mut sum = 0u8;
+        for (i, chunk) in bytes.chunks(REPORT).enumerate() {
+            for page in chunk.chunks(PAGE) {
+                sum = sum.wrapping_add(page[0]);
+            }
+            progress(((i + 1) * REPORT).min(bytes.len()) as u64);
+        }
+        std::hint::black_box(sum);
     }
 
     /// The mapped model file, for its metadata (tokenizer, chat template).

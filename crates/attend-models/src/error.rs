@@ -6,6 +6,8 @@ use attend::AttendError;
 
 use crate::gguf::GgufError;
 use crate::quant::QuantError;
+use crate::sampling::SamplingError;
+use crate::tokenizer::{GgufTokenizerError, TokenizerError};
 use crate::GgmlType;
 
 /// Errors from loading a model file or running it.
@@ -22,6 +24,16 @@ pub enum ModelError {
     Kv(#[from] KvError),
     #[error(transparent)]
     Rope(#[from] RopeError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    GgufTokenizer(#[from] GgufTokenizerError),
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+
+    /// The chat template is missing or failed to render.
+    #[error("chat template: {0}")]
+    Chat(String),
 
     /// The file's `general.architecture` is not one this engine runs.
     #[error("unsupported architecture '{found}'; attend runs {supported}")]

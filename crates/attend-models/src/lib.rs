@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod decoder;
+pub mod engine;
 pub mod error;
 pub mod gemma3;
 pub mod ggml_type;
@@ -13,5 +14,6 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use decoder::{Decoder, DecoderConfig, Logits, Session};
+pub use engine::{Engine, GenerateOutput, GenerateParams, Perplexity};
 pub use error::ModelError;
 pub use ggml_type::GgmlType;

@@ -1,0 +1,73 @@
+//! `attend perplexity`: llama.cpp's perplexity measure over a text file.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::common::{init_threads, load_engine, resolve_model, SMOLLM2_FILE};
+
+/// Options of `attend perplexity`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PerplexityArgs {
+    /// GGUF model file (default: SmolLM2 in the model folder).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// UTF-8 text file to score.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Tokens per chunk; the second half of each chunk is scored.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print `{"ppl": ..., "ppl_stderr": ..., "chunks": ...}`.
+    #[arg(long)]
+    pub json: bool,
+    /// Hide the progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs `attend perplexity`.
+pub fn run(args: &PerplexityArgs) -> Result<(), String> {
+    init_threads(args.threads)?;
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| format!("cannot read --file {}: {e}", args.file.display()))?;
+    let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
+    let engine = load_engine(&path, args.quiet)?;
+    let tokens = engine.encode(&text).map_err(|e| e.to_string())?;
+    let bar = if args.quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("perplexity {bar:30} chunk {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    let result = engine
+        .perplexity(&tokens, args.ctx, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })
+        .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "ppl": result.ppl,
+                "ppl_stderr": result.ppl_stderr,
+                "chunks": result.chunks,
+                "scored_tokens": result.scored_tokens,
+            })
+        );
+    } else {
+        println!(
+            "PPL = {:.4} +/- {:.5} ({} chunks of {} tokens, {} tokens scored)",
+            result.ppl, result.ppl_stderr, result.chunks, args.ctx, result.scored_tokens
+        );
+    }
+    Ok(())
+}
