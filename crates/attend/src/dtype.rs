@@ -54,6 +54,9 @@ pub trait Element: Copy + Send + Sync + Default + 'static + sealed::Sealed {
     ///
     /// Both slices must have the same length; the shorter length is used otherwise.
     fn convert_to_f32(src: &[Self], dst: &mut [f32]);
+
+    /// Returns the slice itself when `Self` is f32, so kernels can read it in place.
+    fn as_f32_slice(values: &[Self]) -> Option<&[f32]>;
 }
 
 impl Element for f32 {
@@ -73,6 +76,11 @@ impl Element for f32 {
     fn convert_to_f32(src: &[Self], dst: &mut [f32]) {
         let n = src.len().min(dst.len());
         dst[..n].copy_from_slice(&src[..n]);
+    }
+
+    #[inline]
+    fn as_f32_slice(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
     }
 }
 
@@ -94,6 +102,11 @@ impl Element for f16 {
         let n = src.len().min(dst.len());
         src[..n].convert_to_f32_slice(&mut dst[..n]);
     }
+
+    #[inline]
+    fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl Element for bf16 {
@@ -113,6 +126,11 @@ impl Element for bf16 {
     fn convert_to_f32(src: &[Self], dst: &mut [f32]) {
         let n = src.len().min(dst.len());
         src[..n].convert_to_f32_slice(&mut dst[..n]);
+    }
+
+    #[inline]
+    fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
+        None
     }
 }
 

@@ -23,7 +23,7 @@ use crate::mask::{And, Chain, MaskMod, NoMask, NoScoreMod, ScoreMod, Softcap, Wi
 use crate::simd::{self, Isa};
 
 /// Queries per tile.
-pub const BLOCK_Q: usize = 64;
+pub const BLOCK_Q: usize = simd::TILE_Q;
 
 /// Keys per tile.
 pub const BLOCK_KV: usize = simd::TILE_KV;
