@@ -130,6 +130,12 @@ pub struct BenchAttentionArgs {
     /// Minimum measuring time per result, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     min_time_ms: u64,
+    /// Minimum number of timed runs; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    min_runs: usize,
+    /// Untimed runs before timing.
+    #[arg(long, default_value_t = 1)]
+    warmup_runs: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -189,16 +195,28 @@ fn visible_pairs(q_len: usize, kv_len: usize, left: Option<usize>, right: Option
         .sum()
 }
 
-/// Times `f` until `min_time` has passed (at least 3 runs, after one warm-up) and
-/// returns the median.
-fn median_time(
+/// How long and how often to time a call.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
     min_time: Duration,
+    min_runs: usize,
+    warmup_runs: usize,
+}
+
+/// Times `f` after the warm-up runs until both `min_time` and `min_runs` are reached
+/// (at most 1000 runs) and returns the median.
+fn median_time(
+    timing: Timing,
     mut f: impl FnMut() -> Result<(), String>,
 ) -> Result<Duration, String> {
-    f()?;
+    for _ in 0..timing.warmup_runs {
+        f()?;
+    }
     let mut times = Vec::new();
     let start = Instant::now();
-    while times.len() < 3 || (start.elapsed() < min_time && times.len() < 1000) {
+    while times.len() < timing.min_runs.max(1)
+        || (start.elapsed() < timing.min_time && times.len() < 1000)
+    {
         let t = Instant::now();
         f()?;
         times.push(t.elapsed());
@@ -234,9 +252,13 @@ fn run_typed<T: Element>(
     let k_view = Bshd::contiguous(&k, batch, kv_len, kv_heads, head_dim).map_err(error)?;
     let v_view = Bshd::contiguous(&v, batch, kv_len, kv_heads, head_dim).map_err(error)?;
 
-    let min_time = Duration::from_millis(args.min_time_ms);
+    let timing = Timing {
+        min_time: Duration::from_millis(args.min_time_ms),
+        min_runs: args.min_runs,
+        warmup_runs: args.warmup_runs,
+    };
     let mut peak_extra_bytes = 0usize;
-    let elapsed = median_time(min_time, || {
+    let elapsed = median_time(timing, || {
         let before = allocator.reset_peak();
         if args.oracle {
             attention_reference(q_view, k_view, v_view, &params).map_err(error)?;
@@ -253,10 +275,7 @@ fn run_typed<T: Element>(
     let flops = 4.0 * (batch * heads) as f64 * pairs as f64 * head_dim as f64;
     let ms = elapsed.as_secs_f64() * 1e3;
     let gflops = flops / elapsed.as_secs_f64() / 1e9;
-    let baseline_gflops = match args.baseline {
-        Some(Baseline::Gemm) => Some(gemm_gflops(min_time)),
-        None => None,
-    };
+    let baseline_gflops = args.baseline.map(|Baseline::Gemm| gemm_gflops(timing));
     let threads = rayon::current_num_threads();
     let isa = params.isa.map_or("auto", Isa::name);
     let kernel = if args.oracle { "oracle-f64" } else { "flash" };
@@ -308,13 +327,18 @@ fn run_typed<T: Element>(
 
 /// Returns the f32 GEMM rate of the `gemm` crate on 1024 x 1024 x 1024 with the
 /// current pool's thread count.
-fn gemm_gflops(min_time: Duration) -> f64 {
+fn gemm_gflops(timing: Timing) -> f64 {
     const N: usize = 1024;
     let a: Vec<f32> = random_values(N * N, 4);
     let b: Vec<f32> = random_values(N * N, 5);
     let mut c = vec![0.0f32; N * N];
     let threads = rayon::current_num_threads();
-    let elapsed = median_time(min_time, || {
+    let timing = Timing {
+        min_runs: 3,
+        warmup_runs: 1,
+        ..timing
+    };
+    let elapsed = median_time(timing, || {
         // SAFETY: a, b and c are N x N row-major (column stride 1, row stride N) and
         // live for the whole call; c does not alias a or b.
         unsafe {

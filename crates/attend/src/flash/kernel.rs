@@ -13,6 +13,7 @@
 //! and at the end `out = O / l`, `lse = m + ln(l)`. The invariant after each key block
 //! is `O = sum_k exp(s_k - m) v_k` and `l = sum_k exp(s_k - m)` over the keys seen.
 
+use half::bf16;
 use rayon::prelude::*;
 
 use super::{Dims, Sequence, BLOCK_KV, BLOCK_Q};
@@ -50,6 +51,9 @@ unsafe impl Sync for SharedOut {}
 struct Scratch {
     /// `[head_dim, BLOCK_Q]` queries as f32, transposed and zero-padded.
     qt: Vec<f32>,
+    /// `[ceil(head_dim / 2), BLOCK_Q, 2]` bf16 queries in pairs along head_dim, for
+    /// bf16 dot-product instructions (empty unless the storage is bf16).
+    qp: Vec<bf16>,
     /// `[head_dim]` one converted query row.
     row: Vec<f32>,
     /// `[BLOCK_KV, head_dim]` keys converted to f32 (unused for f32 storage).
@@ -70,9 +74,19 @@ struct Scratch {
 
 impl Scratch {
     fn new<T: Element>(head_dim: usize) -> Self {
-        let converted_len = if T::as_f32_slice(&[]).is_some() { 0 } else { BLOCK_KV * head_dim };
+        let converted_len = if T::as_f32_slice(&[]).is_some() {
+            0
+        } else {
+            BLOCK_KV * head_dim
+        };
+        let pairs_len = if T::as_bf16_slice(&[]).is_some() {
+            head_dim.div_ceil(2) * 2 * BLOCK_Q
+        } else {
+            0
+        };
         Self {
             qt: vec![0.0; head_dim * BLOCK_Q],
+            qp: vec![bf16::ZERO; pairs_len],
             row: vec![0.0; head_dim],
             k: vec![0.0; converted_len],
             v: vec![0.0; converted_len],
@@ -177,21 +191,51 @@ fn process_block<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(
 ) {
     let t = call.tensors;
     let head_dim = call.dims.head_dim;
-    let QueryBlock { batch_idx, head_idx, q_start } = block;
+    let QueryBlock {
+        batch_idx,
+        head_idx,
+        q_start,
+    } = block;
     let rows = BLOCK_Q.min(seq.q_len - q_start);
     let kv_head_idx = head_idx / call.dims.group();
     let q_range = q_start..q_start + rows;
-    let Scratch { qt, row: q_row, k: k_converted, v: v_converted, st, o, m, l, correction } = scratch;
+    let Scratch {
+        qt,
+        qp,
+        row: q_row,
+        k: k_converted,
+        v: v_converted,
+        st,
+        o,
+        m,
+        l,
+        correction,
+    } = scratch;
+    let bf16_dot = simd.has_bf16_dot() && T::as_bf16_slice(&[]).is_some();
 
-    // Load the queries transposed, qt[d][i], zero-padded to BLOCK_Q columns.
+    // Load the queries transposed, qt[d][i] (or in bf16 pairs, qp[d / 2][i][d % 2]),
+    // zero-padded to BLOCK_Q queries and, for the pairs, an even head_dim.
     if rows < BLOCK_Q {
         qt.fill(0.0);
+        qp.fill(bf16::ZERO);
     }
     for row in 0..rows {
-        let start = seq.q_start + (q_start + row) * t.q_strides.seq_stride + head_idx * t.q_strides.head_stride;
-        T::convert_to_f32(&t.q[start..start + head_dim], q_row);
-        for (d, &value) in q_row.iter().enumerate() {
-            qt[d * BLOCK_Q + row] = value;
+        let start = seq.q_start
+            + (q_start + row) * t.q_strides.seq_stride
+            + head_idx * t.q_strides.head_stride;
+        let q_values = &t.q[start..start + head_dim];
+        match T::as_bf16_slice(q_values) {
+            Some(q_bf16) if bf16_dot => {
+                for (d, &value) in q_bf16.iter().enumerate() {
+                    qp[(d / 2) * 2 * BLOCK_Q + 2 * row + d % 2] = value;
+                }
+            }
+            _ => {
+                T::convert_to_f32(q_values, q_row);
+                for (d, &value) in q_row.iter().enumerate() {
+                    qt[d * BLOCK_Q + row] = value;
+                }
+            }
         }
     }
     o[..rows * head_dim].fill(0.0);
@@ -201,16 +245,44 @@ fn process_block<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(
     for kv_start in (0..seq.kv_len).step_by(BLOCK_KV) {
         let cols = BLOCK_KV.min(seq.kv_len - kv_start);
         let kv_range = kv_start..kv_start + cols;
-        let class = call.mask_mod.classify_block(batch_idx, head_idx, q_range.clone(), kv_range);
+        let class = call
+            .mask_mod
+            .classify_block(batch_idx, head_idx, q_range.clone(), kv_range);
         if class == BlockClass::Empty {
             continue;
         }
 
         // Transposed scores St = scale * K Q^T, reading f32 keys in place.
-        let k_base = seq.k_start + kv_start * t.k_strides.seq_stride + kv_head_idx * t.k_strides.head_stride;
-        let (k_rows, k_row_stride) = rows_as_f32(&t.k[k_base..], t.k_strides.seq_stride, cols, head_dim, k_converted);
+        let k_base =
+            seq.k_start + kv_start * t.k_strides.seq_stride + kv_head_idx * t.k_strides.head_stride;
         let st = &mut st[..cols * BLOCK_Q];
-        simd.qk_tile(qt, k_rows, k_row_stride, cols, head_dim, call.dims.scale, st);
+        match T::as_bf16_slice(&t.k[k_base..]) {
+            Some(k_bf16) if bf16_dot => {
+                simd.qk_tile_bf16(
+                    qp,
+                    k_bf16,
+                    t.k_strides.seq_stride,
+                    cols,
+                    head_dim,
+                    call.dims.scale,
+                    st,
+                );
+            }
+            _ => {
+                let k_stride = t.k_strides.seq_stride;
+                let (k_rows, k_row_stride) =
+                    rows_as_f32(&t.k[k_base..], k_stride, cols, head_dim, k_converted);
+                simd.qk_tile(
+                    qt,
+                    k_rows,
+                    k_row_stride,
+                    cols,
+                    head_dim,
+                    call.dims.scale,
+                    st,
+                );
+            }
+        }
 
         // Score modification and mask. Hidden pairs become -inf.
         if !F::IS_IDENTITY || class == BlockClass::Partial {
@@ -219,9 +291,13 @@ fn process_block<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(
                 for (row, score) in st_row[..rows].iter_mut().enumerate() {
                     let q_idx = q_start + row;
                     if !F::IS_IDENTITY {
-                        *score = call.score_mod.apply(*score, batch_idx, head_idx, q_idx, kv_idx);
+                        *score = call
+                            .score_mod
+                            .apply(*score, batch_idx, head_idx, q_idx, kv_idx);
                     }
-                    if class == BlockClass::Partial && !call.mask_mod.is_visible(batch_idx, head_idx, q_idx, kv_idx) {
+                    if class == BlockClass::Partial
+                        && !call.mask_mod.is_visible(batch_idx, head_idx, q_idx, kv_idx)
+                    {
                         *score = f32::NEG_INFINITY;
                     }
                 }
@@ -237,9 +313,23 @@ fn process_block<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(
         }
 
         // O += P V, reading f32 values in place.
-        let v_base = seq.v_start + kv_start * t.v_strides.seq_stride + kv_head_idx * t.v_strides.head_stride;
-        let (v_rows, v_row_stride) = rows_as_f32(&t.v[v_base..], t.v_strides.seq_stride, cols, head_dim, v_converted);
-        simd.pv_tile(st, v_rows, v_row_stride, cols, head_dim, &mut o[..rows * head_dim]);
+        let v_base =
+            seq.v_start + kv_start * t.v_strides.seq_stride + kv_head_idx * t.v_strides.head_stride;
+        let (v_rows, v_row_stride) = rows_as_f32(
+            &t.v[v_base..],
+            t.v_strides.seq_stride,
+            cols,
+            head_dim,
+            v_converted,
+        );
+        simd.pv_tile(
+            st,
+            v_rows,
+            v_row_stride,
+            cols,
+            head_dim,
+            &mut o[..rows * head_dim],
+        );
     }
 
     write_rows(call, seq, block, rows, scratch);
@@ -259,7 +349,10 @@ fn rows_as_f32<'a, T: Element>(
     }
     for row in 0..rows {
         let start = row * row_stride;
-        T::convert_to_f32(&data[start..start + head_dim], &mut buffer[row * head_dim..][..head_dim]);
+        T::convert_to_f32(
+            &data[start..start + head_dim],
+            &mut buffer[row * head_dim..][..head_dim],
+        );
     }
     (&buffer[..rows * head_dim], head_dim)
 }

@@ -101,22 +101,65 @@ impl Simd for Avx2Fma {
         // SAFETY: the token proves the features; `qk_tile_cols` guarantees `qt` holds
         // `head_dim * TILE_Q` elements, `k` holds `cols` rows of `head_dim` at
         // `k_row_stride`, and `st` holds `cols * TILE_Q` elements.
-        unsafe { qk_tile(qt.as_ptr(), k.as_ptr(), k_row_stride, cols, head_dim, scale, st.as_mut_ptr()) }
+        unsafe {
+            qk_tile(
+                qt.as_ptr(),
+                k.as_ptr(),
+                k_row_stride,
+                cols,
+                head_dim,
+                scale,
+                st.as_mut_ptr(),
+            )
+        }
     }
 
-    fn softmax_tile(self, st: &mut [f32], cols: usize, m: &mut [f32], l: &mut [f32], correction: &mut [f32]) {
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    ) {
         let cols = softmax_tile_cols(st, cols, m, l, correction);
         // SAFETY: the token proves the features; `softmax_tile_cols` guarantees `st`
         // holds `cols * TILE_Q` elements and `m`, `l`, `correction` hold `TILE_Q` each.
-        unsafe { softmax_tile(st.as_mut_ptr(), cols, m.as_mut_ptr(), l.as_mut_ptr(), correction.as_mut_ptr()) }
+        unsafe {
+            softmax_tile(
+                st.as_mut_ptr(),
+                cols,
+                m.as_mut_ptr(),
+                l.as_mut_ptr(),
+                correction.as_mut_ptr(),
+            )
+        }
     }
 
-    fn pv_tile(self, pt: &[f32], v: &[f32], v_row_stride: usize, cols: usize, head_dim: usize, o: &mut [f32]) {
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
         let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
         // SAFETY: the token proves the features; `pv_tile_shape` guarantees `pt` holds
         // `cols * TILE_Q` elements, `v` holds `cols` rows of `head_dim` at
         // `v_row_stride`, `o` holds `rows * head_dim` elements and `rows <= TILE_Q`.
-        unsafe { pv_tile(pt.as_ptr(), v.as_ptr(), v_row_stride, cols, head_dim, o.as_mut_ptr(), rows) }
+        unsafe {
+            pv_tile(
+                pt.as_ptr(),
+                v.as_ptr(),
+                v_row_stride,
+                cols,
+                head_dim,
+                o.as_mut_ptr(),
+                rows,
+            )
+        }
     }
 }
 
@@ -354,11 +397,25 @@ unsafe fn qk_tile(
         let st_half = st.add(half * 4 * LANES);
         let mut col = 0;
         while col + 2 <= cols {
-            qk_keys::<2>(qt_half, k.add(col * k_row_stride), k_row_stride, head_dim, scale, st_half.add(col * TILE_Q));
+            qk_keys::<2>(
+                qt_half,
+                k.add(col * k_row_stride),
+                k_row_stride,
+                head_dim,
+                scale,
+                st_half.add(col * TILE_Q),
+            );
             col += 2;
         }
         if col < cols {
-            qk_keys::<1>(qt_half, k.add(col * k_row_stride), k_row_stride, head_dim, scale, st_half.add(col * TILE_Q));
+            qk_keys::<1>(
+                qt_half,
+                k.add(col * k_row_stride),
+                k_row_stride,
+                head_dim,
+                scale,
+                st_half.add(col * TILE_Q),
+            );
         }
     }
 }
@@ -390,7 +447,10 @@ unsafe fn qk_keys<const KEYS: usize>(
     let scale_v = _mm256_set1_ps(scale);
     for (key, acc_row) in acc.iter().enumerate() {
         for (c, acc) in acc_row.iter().enumerate() {
-            _mm256_storeu_ps(st.add(key * TILE_Q + c * LANES), _mm256_mul_ps(*acc, scale_v));
+            _mm256_storeu_ps(
+                st.add(key * TILE_Q + c * LANES),
+                _mm256_mul_ps(*acc, scale_v),
+            );
         }
     }
 }
@@ -411,13 +471,19 @@ unsafe fn softmax_tile(st: *mut f32, cols: usize, m: *mut f32, l: *mut f32, corr
         let shift = _mm256_blendv_ps(m_new, _mm256_setzero_ps(), nothing_visible);
         let mut sum = _mm256_setzero_ps();
         for j in 0..cols {
-            let p = exp(_mm256_sub_ps(_mm256_loadu_ps(st.add(j * TILE_Q + offset)), shift));
+            let p = exp(_mm256_sub_ps(
+                _mm256_loadu_ps(st.add(j * TILE_Q + offset)),
+                shift,
+            ));
             _mm256_storeu_ps(st.add(j * TILE_Q + offset), p);
             sum = _mm256_add_ps(sum, p);
         }
         let factor = exp(_mm256_sub_ps(m_old, shift));
         _mm256_storeu_ps(correction.add(offset), factor);
-        _mm256_storeu_ps(l.add(offset), _mm256_fmadd_ps(_mm256_loadu_ps(l.add(offset)), factor, sum));
+        _mm256_storeu_ps(
+            l.add(offset),
+            _mm256_fmadd_ps(_mm256_loadu_ps(l.add(offset)), factor, sum),
+        );
         _mm256_storeu_ps(m.add(offset), m_new);
     }
 }
@@ -489,7 +555,14 @@ struct ValueChunk {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(chunk: ValueChunk) {
-    let ValueChunk { pt, v, v_row_stride, cols, o, o_row_stride } = chunk;
+    let ValueChunk {
+        pt,
+        v,
+        v_row_stride,
+        cols,
+        o,
+        o_row_stride,
+    } = chunk;
     let mut acc = [[_mm256_setzero_ps(); VECTORS]; ROWS];
     for (row, acc_row) in acc.iter_mut().enumerate() {
         for (c, acc) in acc_row.iter_mut().enumerate() {

@@ -8,18 +8,22 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::{pv_tile_shape, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q};
+use super::{
+    pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q,
+};
 
-/// The token for AVX-512 Foundation code.
+/// The token for AVX-512 Foundation code, noting whether AVX512_BF16 is present too.
 #[derive(Debug, Clone, Copy)]
 pub struct Avx512 {
-    _detected: (),
+    bf16: bool,
 }
 
 impl Avx512 {
     /// Returns the token when this CPU supports AVX-512 Foundation.
     pub fn new() -> Option<Self> {
-        is_x86_feature_detected!("avx512f").then_some(Self { _detected: () })
+        is_x86_feature_detected!("avx512f").then(|| Self {
+            bf16: is_x86_feature_detected!("avx512bf16"),
+        })
     }
 }
 
@@ -98,22 +102,100 @@ impl Simd for Avx512 {
         // SAFETY: the token proves avx512f; `qk_tile_cols` guarantees `qt` holds
         // `head_dim * TILE_Q` elements, `k` holds `cols` rows of `head_dim` at
         // `k_row_stride`, and `st` holds `cols * TILE_Q` elements.
-        unsafe { qk_tile(qt.as_ptr(), k.as_ptr(), k_row_stride, cols, head_dim, scale, st.as_mut_ptr()) }
+        unsafe {
+            qk_tile(
+                qt.as_ptr(),
+                k.as_ptr(),
+                k_row_stride,
+                cols,
+                head_dim,
+                scale,
+                st.as_mut_ptr(),
+            )
+        }
     }
 
-    fn softmax_tile(self, st: &mut [f32], cols: usize, m: &mut [f32], l: &mut [f32], correction: &mut [f32]) {
+    fn has_bf16_dot(self) -> bool {
+        self.bf16
+    }
+
+    fn qk_tile_bf16(
+        self,
+        qp: &[bf16],
+        k: &[bf16],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        if !self.bf16 {
+            return super::portable::qk_tile_bf16(qp, k, k_row_stride, cols, head_dim, scale, st);
+        }
+        let cols = qk_tile_bf16_cols(qp, k, k_row_stride, cols, head_dim, st);
+        // SAFETY: the token proves avx512f and, with `self.bf16`, avx512bf16;
+        // `qk_tile_bf16_cols` guarantees `qp` holds `ceil(head_dim / 2) * 2 * TILE_Q`
+        // elements, `k` holds `cols` rows of `head_dim` at `k_row_stride`, and `st`
+        // holds `cols * TILE_Q` elements.
+        unsafe {
+            qk_tile_bf16(
+                qp.as_ptr(),
+                k.as_ptr(),
+                k_row_stride,
+                cols,
+                head_dim,
+                scale,
+                st.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    ) {
         let cols = softmax_tile_cols(st, cols, m, l, correction);
         // SAFETY: the token proves avx512f; `softmax_tile_cols` guarantees `st` holds
         // `cols * TILE_Q` elements and `m`, `l`, `correction` hold `TILE_Q` each.
-        unsafe { softmax_tile(st.as_mut_ptr(), cols, m.as_mut_ptr(), l.as_mut_ptr(), correction.as_mut_ptr()) }
+        unsafe {
+            softmax_tile(
+                st.as_mut_ptr(),
+                cols,
+                m.as_mut_ptr(),
+                l.as_mut_ptr(),
+                correction.as_mut_ptr(),
+            )
+        }
     }
 
-    fn pv_tile(self, pt: &[f32], v: &[f32], v_row_stride: usize, cols: usize, head_dim: usize, o: &mut [f32]) {
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
         let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
         // SAFETY: the token proves avx512f; `pv_tile_shape` guarantees `pt` holds
         // `cols * TILE_Q` elements, `v` holds `cols` rows of `head_dim` at
         // `v_row_stride`, `o` holds `rows * head_dim` elements and `rows <= TILE_Q`.
-        unsafe { pv_tile(pt.as_ptr(), v.as_ptr(), v_row_stride, cols, head_dim, o.as_mut_ptr(), rows) }
+        unsafe {
+            pv_tile(
+                pt.as_ptr(),
+                v.as_ptr(),
+                v_row_stride,
+                cols,
+                head_dim,
+                o.as_mut_ptr(),
+                rows,
+            )
+        }
     }
 }
 
@@ -349,15 +431,36 @@ unsafe fn qk_tile(
 ) {
     let mut col = 0;
     while col + 6 <= cols {
-        qk_keys::<6>(qt, k.add(col * k_row_stride), k_row_stride, head_dim, scale, st.add(col * TILE_Q));
+        qk_keys::<6>(
+            qt,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
         col += 6;
     }
     if col + 4 <= cols {
-        qk_keys::<4>(qt, k.add(col * k_row_stride), k_row_stride, head_dim, scale, st.add(col * TILE_Q));
+        qk_keys::<4>(
+            qt,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
         col += 4;
     }
     while col < cols {
-        qk_keys::<1>(qt, k.add(col * k_row_stride), k_row_stride, head_dim, scale, st.add(col * TILE_Q));
+        qk_keys::<1>(
+            qt,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
         col += 1;
     }
 }
@@ -391,7 +494,104 @@ unsafe fn qk_keys<const KEYS: usize>(
     let scale_v = _mm512_set1_ps(scale);
     for (key, acc_row) in acc.iter().enumerate() {
         for (c, acc) in acc_row.iter().enumerate() {
-            _mm512_storeu_ps(st.add(key * TILE_Q + c * LANES), _mm512_mul_ps(*acc, scale_v));
+            _mm512_storeu_ps(
+                st.add(key * TILE_Q + c * LANES),
+                _mm512_mul_ps(*acc, scale_v),
+            );
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn qk_tile_bf16(
+    qp: *const bf16,
+    k: *const bf16,
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    scale: f32,
+    st: *mut f32,
+) {
+    let mut col = 0;
+    while col + 6 <= cols {
+        qk_keys_bf16::<6>(
+            qp,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 6;
+    }
+    if col + 4 <= cols {
+        qk_keys_bf16::<4>(
+            qp,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 4;
+    }
+    while col < cols {
+        qk_keys_bf16::<1>(
+            qp,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 1;
+    }
+}
+
+/// Computes the scores of `KEYS` keys against all `TILE_Q` queries with `vdpbf16ps`,
+/// which multiplies pairs of bf16 values and adds both products to an f32 lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn qk_keys_bf16<const KEYS: usize>(
+    qp: *const bf16,
+    k: *const bf16,
+    k_row_stride: usize,
+    head_dim: usize,
+    scale: f32,
+    st: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); TILE_VECTORS]; KEYS];
+    for pair in 0..head_dim.div_ceil(2) {
+        // Lane i of vector c holds the pair (q[16c + i][2 pair], q[16c + i][2 pair + 1]).
+        let qp_row = qp.add(pair * 2 * TILE_Q);
+        let mut queries = [_mm512_setzero_si512(); TILE_VECTORS];
+        for (c, query) in queries.iter_mut().enumerate() {
+            *query = _mm512_loadu_si512(qp_row.add(c * 2 * LANES).cast());
+        }
+        let d = 2 * pair;
+        for (key, acc_row) in acc.iter_mut().enumerate() {
+            let k_row = k.add(key * k_row_stride);
+            // The two bf16 keys of the pair as one 32-bit lane, low half first; an odd
+            // head_dim leaves the high half 0, matching the zero-padded queries.
+            let bits = if d + 1 < head_dim {
+                (k_row.add(d) as *const u32).read_unaligned()
+            } else {
+                u32::from((*k_row.add(d)).to_bits())
+            };
+            let keys: __m512bh = std::mem::transmute(_mm512_set1_epi32(bits as i32));
+            for (acc, query) in acc_row.iter_mut().zip(queries) {
+                *acc =
+                    _mm512_dpbf16_ps(*acc, keys, std::mem::transmute::<__m512i, __m512bh>(query));
+            }
+        }
+    }
+    let scale_v = _mm512_set1_ps(scale);
+    for (key, acc_row) in acc.iter().enumerate() {
+        for (c, acc) in acc_row.iter().enumerate() {
+            _mm512_storeu_ps(
+                st.add(key * TILE_Q + c * LANES),
+                _mm512_mul_ps(*acc, scale_v),
+            );
         }
     }
 }
@@ -413,13 +613,19 @@ unsafe fn softmax_tile(st: *mut f32, cols: usize, m: *mut f32, l: *mut f32, corr
         let shift = _mm512_mask_blend_ps(nothing_visible, m_new, _mm512_setzero_ps());
         let mut sum = _mm512_setzero_ps();
         for j in 0..cols {
-            let p = exp(_mm512_sub_ps(_mm512_loadu_ps(st.add(j * TILE_Q + offset)), shift));
+            let p = exp(_mm512_sub_ps(
+                _mm512_loadu_ps(st.add(j * TILE_Q + offset)),
+                shift,
+            ));
             _mm512_storeu_ps(st.add(j * TILE_Q + offset), p);
             sum = _mm512_add_ps(sum, p);
         }
         let factor = exp(_mm512_sub_ps(m_old, shift));
         _mm512_storeu_ps(correction.add(offset), factor);
-        _mm512_storeu_ps(l.add(offset), _mm512_fmadd_ps(_mm512_loadu_ps(l.add(offset)), factor, sum));
+        _mm512_storeu_ps(
+            l.add(offset),
+            _mm512_fmadd_ps(_mm512_loadu_ps(l.add(offset)), factor, sum),
+        );
         _mm512_storeu_ps(m.add(offset), m_new);
     }
 }
@@ -496,7 +702,15 @@ struct ValueChunk {
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(chunk: ValueChunk) {
-    let ValueChunk { pt, v, v_row_stride, cols, o, o_row_stride, last_mask } = chunk;
+    let ValueChunk {
+        pt,
+        v,
+        v_row_stride,
+        cols,
+        o,
+        o_row_stride,
+        last_mask,
+    } = chunk;
     let mask = |c: usize| if c + 1 == VECTORS { last_mask } else { 0xFFFF };
     let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
     for (row, acc_row) in acc.iter_mut().enumerate() {

@@ -145,6 +145,34 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
         st: &mut [f32],
     );
 
+    /// Returns true when [`Simd::qk_tile_bf16`] uses native bf16 dot-product
+    /// instructions (AVX512_BF16 `vdpbf16ps`), so bf16 inputs should take that path.
+    fn has_bf16_dot(self) -> bool {
+        false
+    }
+
+    /// Computes a transposed score tile from bf16 inputs:
+    /// `st[j][i] = scale * sum_d k[j][d] * q[i][d]`, products and sums in f32.
+    ///
+    /// # Shapes
+    /// `qp: [ceil(head_dim / 2), TILE_Q, 2]`, the queries in pairs of consecutive
+    /// head_dim elements (the last pair zero-padded for odd head_dim); key row
+    /// `j < cols` at `k[j * k_row_stride..][..head_dim]`; `st: [cols, TILE_Q]`. Short
+    /// slices shrink `cols`; a short `qp` computes nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_tile_bf16(
+        self,
+        qp: &[bf16],
+        k: &[bf16],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        portable::qk_tile_bf16(qp, k, k_row_stride, cols, head_dim, scale, st)
+    }
+
     /// Runs one online-softmax step over the key axis of a transposed score tile.
     ///
     /// For each query column `i`: `m' = max(m[i], max_j st[j][i])`, `st[j][i] =
@@ -155,7 +183,14 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
     /// # Shapes
     /// `st: [cols, TILE_Q]`; `m, l, correction: [TILE_Q]`. Short slices shrink `cols`;
     /// a short `m`, `l` or `correction` computes nothing.
-    fn softmax_tile(self, st: &mut [f32], cols: usize, m: &mut [f32], l: &mut [f32], correction: &mut [f32]);
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    );
 
     /// Accumulates `o[i][d] += sum_j pt[j][i] * v[j * v_row_stride + d]` for `j < cols`.
     ///
@@ -163,36 +198,78 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
     /// `pt: [cols, TILE_Q]`, value row `j` at `v[j * v_row_stride..][..head_dim]`,
     /// `o: [rows, head_dim]` with `rows = o.len() / head_dim <= TILE_Q`. Short slices
     /// shrink `cols` and `rows` to what fits.
-    fn pv_tile(self, pt: &[f32], v: &[f32], v_row_stride: usize, cols: usize, head_dim: usize, o: &mut [f32]);
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    );
 }
 
-/// Returns how many key rows of a strided `[rows, head_dim]` slice fit, up to `rows`.
+/// Returns how many rows of a strided `[rows, head_dim]` slice of `len` elements fit,
+/// up to `rows`.
 #[inline]
-fn strided_rows(data: &[f32], row_stride: usize, rows: usize, head_dim: usize) -> usize {
-    if data.len() < head_dim {
+fn strided_rows(len: usize, row_stride: usize, rows: usize, head_dim: usize) -> usize {
+    if len < head_dim {
         return 0;
     }
-    // Row r needs r * row_stride + head_dim <= len.
-    let fitting = if row_stride == 0 { rows } else { (data.len() - head_dim) / row_stride + 1 };
+    // Row r needs r * row_stride + head_dim <= len; with stride 0 every row fits.
+    let fitting = (len - head_dim)
+        .checked_div(row_stride)
+        .map_or(rows, |last| last + 1);
     rows.min(fitting)
+}
+
+/// Returns the key rows that fit every slice of a bf16 qk tile, or 0 when `qp` is short.
+#[inline]
+fn qk_tile_bf16_cols(
+    qp: &[bf16],
+    k: &[bf16],
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    st: &[f32],
+) -> usize {
+    if head_dim == 0 || qp.len() < head_dim.div_ceil(2) * 2 * TILE_Q {
+        return 0;
+    }
+    strided_rows(k.len(), k_row_stride, cols.min(TILE_KV), head_dim).min(st.len() / TILE_Q)
 }
 
 /// Returns the key rows that fit every slice of a qk tile, or 0 when `qt` is short.
 #[inline]
-fn qk_tile_cols(qt: &[f32], k: &[f32], k_row_stride: usize, cols: usize, head_dim: usize, st: &[f32]) -> usize {
+fn qk_tile_cols(
+    qt: &[f32],
+    k: &[f32],
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    st: &[f32],
+) -> usize {
     if head_dim == 0 || qt.len() < head_dim * TILE_Q {
         return 0;
     }
-    strided_rows(k, k_row_stride, cols.min(TILE_KV), head_dim).min(st.len() / TILE_Q)
+    strided_rows(k.len(), k_row_stride, cols.min(TILE_KV), head_dim).min(st.len() / TILE_Q)
 }
 
 /// Returns `(rows, cols)` that fit every slice of a pv tile.
 #[inline]
-fn pv_tile_shape(pt: &[f32], v: &[f32], v_row_stride: usize, cols: usize, head_dim: usize, o: &[f32]) -> (usize, usize) {
+fn pv_tile_shape(
+    pt: &[f32],
+    v: &[f32],
+    v_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    o: &[f32],
+) -> (usize, usize) {
     if head_dim == 0 {
         return (0, 0);
     }
-    let cols = strided_rows(v, v_row_stride, cols.min(TILE_KV), head_dim).min(pt.len() / TILE_Q);
+    let cols =
+        strided_rows(v.len(), v_row_stride, cols.min(TILE_KV), head_dim).min(pt.len() / TILE_Q);
     let rows = (o.len() / head_dim).min(TILE_Q);
     (rows, cols)
 }

@@ -86,11 +86,26 @@ impl Simd for Neon {
         Portable.qk_tile(qt, k, k_row_stride, cols, head_dim, scale, st)
     }
 
-    fn softmax_tile(self, st: &mut [f32], cols: usize, m: &mut [f32], l: &mut [f32], correction: &mut [f32]) {
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    ) {
         Portable.softmax_tile(st, cols, m, l, correction)
     }
 
-    fn pv_tile(self, pt: &[f32], v: &[f32], v_row_stride: usize, cols: usize, head_dim: usize, o: &mut [f32]) {
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
         Portable.pv_tile(pt, v, v_row_stride, cols, head_dim, o)
     }
 }

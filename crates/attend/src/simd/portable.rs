@@ -2,7 +2,9 @@
 
 use half::{bf16, f16};
 
-use super::{pv_tile_shape, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q};
+use super::{
+    pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q,
+};
 
 /// The token for plain Rust code; always available.
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,14 +93,27 @@ impl Simd for Portable {
         }
     }
 
-    fn softmax_tile(self, st: &mut [f32], cols: usize, m: &mut [f32], l: &mut [f32], correction: &mut [f32]) {
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    ) {
         let cols = softmax_tile_cols(st, cols, m, l, correction);
         for i in 0..TILE_Q {
-            let block_max = (0..cols).map(|j| st[j * TILE_Q + i]).fold(f32::NEG_INFINITY, f32::max);
+            let block_max = (0..cols)
+                .map(|j| st[j * TILE_Q + i])
+                .fold(f32::NEG_INFINITY, f32::max);
             let m_new = m[i].max(block_max);
             // With nothing visible so far, subtract 0 instead of -inf: exp(-inf - 0) = 0,
             // where exp(-inf - -inf) would be NaN.
-            let shift = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+            let shift = if m_new == f32::NEG_INFINITY {
+                0.0
+            } else {
+                m_new
+            };
             let mut sum = 0.0;
             for j in 0..cols {
                 let p = (st[j * TILE_Q + i] - shift).exp();
@@ -111,7 +126,15 @@ impl Simd for Portable {
         }
     }
 
-    fn pv_tile(self, pt: &[f32], v: &[f32], v_row_stride: usize, cols: usize, head_dim: usize, o: &mut [f32]) {
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
         let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
         for row in 0..rows {
             let o_row = &mut o[row * head_dim..][..head_dim];
@@ -122,6 +145,34 @@ impl Simd for Portable {
                     *acc += weight * v_value;
                 }
             }
+        }
+    }
+}
+
+/// The portable bf16 score tile, also the fallback of every other token.
+pub(super) fn qk_tile_bf16(
+    qp: &[bf16],
+    k: &[bf16],
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    scale: f32,
+    st: &mut [f32],
+) {
+    let cols = qk_tile_bf16_cols(qp, k, k_row_stride, cols, head_dim, st);
+    for col in 0..cols {
+        let k_row = &k[col * k_row_stride..][..head_dim];
+        let st_row = &mut st[col * TILE_Q..][..TILE_Q];
+        st_row.fill(0.0);
+        for (d, k_value) in k_row.iter().enumerate() {
+            let k_value = k_value.to_f32();
+            let pairs = &qp[(d / 2) * 2 * TILE_Q..][..2 * TILE_Q];
+            for (query, acc) in st_row.iter_mut().enumerate() {
+                *acc += k_value * pairs[2 * query + d % 2].to_f32();
+            }
+        }
+        for acc in st_row.iter_mut() {
+            *acc *= scale;
         }
     }
 }

@@ -75,6 +75,27 @@ impl SimdOp for TilePrimitives {
                     simd.qk_tile(&qt, &k, row_stride, cols, head_dim, 0.125, &mut st);
                     results.extend(&st);
 
+                    // The same scores from bf16 inputs, queries in pairs along head_dim.
+                    let k_bf16: Vec<bf16> = k.iter().map(|&x| bf16::from_f32(x)).collect();
+                    let mut qp = vec![bf16::ZERO; head_dim.div_ceil(2) * 2 * TILE_Q];
+                    for d in 0..head_dim {
+                        for i in 0..TILE_Q {
+                            qp[(d / 2) * 2 * TILE_Q + 2 * i + d % 2] =
+                                bf16::from_f32(qt[d * TILE_Q + i]);
+                        }
+                    }
+                    let mut st_bf16 = vec![0.0; cols * TILE_Q];
+                    simd.qk_tile_bf16(
+                        &qp,
+                        &k_bf16,
+                        row_stride,
+                        cols,
+                        head_dim,
+                        0.125,
+                        &mut st_bf16,
+                    );
+                    results.extend(&st_bf16);
+
                     // Hide some scores, and all of query 5, to exercise the -inf guard.
                     for (index, score) in st.iter_mut().enumerate() {
                         if index % 7 == 3 || index % TILE_Q == 5 {
@@ -83,7 +104,10 @@ impl SimdOp for TilePrimitives {
                     }
                     let mut m = values(TILE_Q, 9);
                     m[5] = f32::NEG_INFINITY;
-                    let mut l = values(TILE_Q, 10).iter().map(|x| x.abs()).collect::<Vec<_>>();
+                    let mut l = values(TILE_Q, 10)
+                        .iter()
+                        .map(|x| x.abs())
+                        .collect::<Vec<_>>();
                     l[5] = 0.0;
                     let mut correction = vec![0.0; TILE_Q];
                     simd.softmax_tile(&mut st, cols, &mut m, &mut l, &mut correction);
@@ -114,7 +138,12 @@ fn softmax_tile_keeps_hidden_queries_finite() {
             let mut l = vec![0.0; TILE_Q];
             let mut correction = vec![0.0; TILE_Q];
             simd.softmax_tile(&mut st, 3, &mut m, &mut l, &mut correction);
-            st.iter().chain(&m).chain(&l).chain(&correction).copied().collect()
+            st.iter()
+                .chain(&m)
+                .chain(&l)
+                .chain(&correction)
+                .copied()
+                .collect()
         }
     }
     for isa in available_isas() {
@@ -128,7 +157,11 @@ fn softmax_tile_keeps_hidden_queries_finite() {
         }
         assert_eq!(m[1], 2.0, "{isa:?}");
         assert_eq!(l[1], 1.0, "{isa:?}");
-        assert_eq!((m[0], l[0], correction[0]), (f32::NEG_INFINITY, 0.0, 0.0), "{isa:?}");
+        assert_eq!(
+            (m[0], l[0], correction[0]),
+            (f32::NEG_INFINITY, 0.0, 0.0),
+            "{isa:?}"
+        );
         assert_eq!(correction[1], 0.0, "{isa:?}");
     }
 }
