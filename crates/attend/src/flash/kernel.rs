@@ -42,7 +42,7 @@ pub(crate) struct Tensors<'a, T> {
 struct SharedOut(*mut f32);
 
 // SAFETY: tasks write disjoint elements through the pointer (see `write_rows`), and the
-// caller holds the unique borrow of the buffer until every task has finished.
+// caller keeps the unique borrow of the buffer until every task has finished.
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}

@@ -99,8 +99,8 @@ impl Simd for Avx2Fma {
     ) {
         let cols = qk_tile_cols(qt, k, k_row_stride, cols, head_dim, st);
         // SAFETY: the token proves the features; `qk_tile_cols` guarantees `qt` holds
-        // `head_dim * TILE_Q` elements, `k` holds `cols` rows of `head_dim` at
-        // `k_row_stride`, and `st` holds `cols * TILE_Q` elements.
+        // `head_dim * TILE_Q` elements, `k` has `cols` rows of `head_dim` at
+        // `k_row_stride`, and `st` contains `cols * TILE_Q` elements.
         unsafe {
             qk_tile(
                 qt.as_ptr(),
@@ -124,7 +124,7 @@ impl Simd for Avx2Fma {
     ) {
         let cols = softmax_tile_cols(st, cols, m, l, correction);
         // SAFETY: the token proves the features; `softmax_tile_cols` guarantees `st`
-        // holds `cols * TILE_Q` elements and `m`, `l`, `correction` hold `TILE_Q` each.
+        // contains `cols * TILE_Q` elements and `m`, `l`, `correction` contain `TILE_Q` each.
         unsafe {
             softmax_tile(
                 st.as_mut_ptr(),
@@ -147,8 +147,8 @@ impl Simd for Avx2Fma {
     ) {
         let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
         // SAFETY: the token proves the features; `pv_tile_shape` guarantees `pt` holds
-        // `cols * TILE_Q` elements, `v` holds `cols` rows of `head_dim` at
-        // `v_row_stride`, `o` holds `rows * head_dim` elements and `rows <= TILE_Q`.
+        // `cols * TILE_Q` elements, `v` has `cols` rows of `head_dim` at
+        // `v_row_stride`, `o` contains `rows * head_dim` elements and `rows <= TILE_Q`.
         unsafe {
             pv_tile(
                 pt.as_ptr(),

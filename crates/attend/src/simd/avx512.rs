@@ -100,8 +100,8 @@ impl Simd for Avx512 {
     ) {
         let cols = qk_tile_cols(qt, k, k_row_stride, cols, head_dim, st);
         // SAFETY: the token proves avx512f; `qk_tile_cols` guarantees `qt` holds
-        // `head_dim * TILE_Q` elements, `k` holds `cols` rows of `head_dim` at
-        // `k_row_stride`, and `st` holds `cols * TILE_Q` elements.
+        // `head_dim * TILE_Q` elements, `k` has `cols` rows of `head_dim` at
+        // `k_row_stride`, and `st` contains `cols * TILE_Q` elements.
         unsafe {
             qk_tile(
                 qt.as_ptr(),
@@ -134,9 +134,9 @@ impl Simd for Avx512 {
         }
         let cols = qk_tile_bf16_cols(qp, k, k_row_stride, cols, head_dim, st);
         // SAFETY: the token proves avx512f and, with `self.bf16`, avx512bf16;
-        // `qk_tile_bf16_cols` guarantees `qp` holds `ceil(head_dim / 2) * 2 * TILE_Q`
-        // elements, `k` holds `cols` rows of `head_dim` at `k_row_stride`, and `st`
-        // holds `cols * TILE_Q` elements.
+        // `qk_tile_bf16_cols` guarantees `qp` contains `ceil(head_dim / 2) * 2 * TILE_Q`
+        // elements, `k` has `cols` rows of `head_dim` at `k_row_stride`, and `st`
+        // contains `cols * TILE_Q` elements.
         unsafe {
             qk_tile_bf16(
                 qp.as_ptr(),
@@ -160,7 +160,7 @@ impl Simd for Avx512 {
     ) {
         let cols = softmax_tile_cols(st, cols, m, l, correction);
         // SAFETY: the token proves avx512f; `softmax_tile_cols` guarantees `st` holds
-        // `cols * TILE_Q` elements and `m`, `l`, `correction` hold `TILE_Q` each.
+        // `cols * TILE_Q` elements and `m`, `l`, `correction` contain `TILE_Q` each.
         unsafe {
             softmax_tile(
                 st.as_mut_ptr(),
@@ -183,8 +183,8 @@ impl Simd for Avx512 {
     ) {
         let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
         // SAFETY: the token proves avx512f; `pv_tile_shape` guarantees `pt` holds
-        // `cols * TILE_Q` elements, `v` holds `cols` rows of `head_dim` at
-        // `v_row_stride`, `o` holds `rows * head_dim` elements and `rows <= TILE_Q`.
+        // `cols * TILE_Q` elements, `v` has `cols` rows of `head_dim` at
+        // `v_row_stride`, `o` contains `rows * head_dim` elements and `rows <= TILE_Q`.
         unsafe {
             pv_tile(
                 pt.as_ptr(),

@@ -285,7 +285,7 @@ fn softmax_tile_cols(st: &[f32], cols: usize, m: &[f32], l: &[f32], correction: 
 
 /// An operation generic over the instruction set, run by [`dispatch`].
 pub trait SimdOp {
-    /// What the operation returns.
+    /// The result type of the operation.
     type Output;
 
     /// Runs the operation with the given token.

@@ -149,7 +149,7 @@ impl Simd for Portable {
     }
 }
 
-/// The portable bf16 score tile, also the fallback of every other token.
+/// Computes a bf16 score tile in plain Rust; every token without bf16 dot products uses it.
 pub(super) fn qk_tile_bf16(
     qp: &[bf16],
     k: &[bf16],

@@ -4,7 +4,7 @@ use half::{bf16, f16};
 
 use super::*;
 
-/// The instruction sets this CPU can run, portable first.
+/// Returns the instruction sets this CPU can run, portable first.
 fn available_isas() -> Vec<Isa> {
     [Isa::Portable, Isa::Avx2Fma, Isa::Avx512, Isa::Neon]
         .into_iter()
