@@ -3,6 +3,9 @@
 //! NEON is part of the AArch64 baseline, so the portable loops are already compiled to
 //! NEON; the row primitives here add explicit four-way accumulation, and the tile and
 //! exponential functions reuse the portable code.
+//!
+//! NOTE: this module is type-checked for `aarch64-unknown-linux-gnu` but has not been
+//! run on ARM hardware; the tests that compare it with the portable code run only there.
 
 use std::arch::aarch64::*;
 
