@@ -1,0 +1,739 @@
+//! AVX-512 Foundation implementation.
+//!
+//! Every function here is `#[target_feature(enable = "avx512f")]`; the only way to reach
+//! them is through an [`Avx512`] token, which [`Avx512::new`] creates only after
+//! runtime detection.
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use super::{
+    pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q,
+};
+
+/// The token for AVX-512 Foundation code, noting whether AVX512_BF16 is present too.
+#[derive(Debug, Clone, Copy)]
+pub struct Avx512 {
+    bf16: bool,
+}
+
+impl Avx512 {
+    /// Returns the token when this CPU supports AVX-512 Foundation.
+    pub fn new() -> Option<Self> {
+        is_x86_feature_detected!("avx512f").then(|| Self {
+            bf16: is_x86_feature_detected!("avx512bf16"),
+        })
+    }
+}
+
+impl sealed::Sealed for Avx512 {}
+
+const LANES: usize = 16;
+
+impl Simd for Avx512 {
+    fn isa(self) -> Isa {
+        Isa::Avx512
+    }
+
+    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: the token proves avx512f; both pointers are valid for `n` reads.
+        unsafe { dot(a.as_ptr(), b.as_ptr(), n) }
+    }
+
+    fn dot_f16(self, a: &[f32], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: the token proves avx512f; both pointers are valid for `n` reads.
+        unsafe { dot_converted(a.as_ptr(), b.as_ptr(), n) }
+    }
+
+    fn dot_bf16(self, a: &[f32], b: &[bf16]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: the token proves avx512f; both pointers are valid for `n` reads.
+        unsafe { dot_converted(a.as_ptr(), b.as_ptr(), n) }
+    }
+
+    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: the token proves avx512f; `x` is valid for `n` reads and `y` for
+        // `n` reads and writes, and they cannot overlap (shared vs unique borrow).
+        unsafe { axpy(alpha, x.as_ptr(), y.as_mut_ptr(), n) }
+    }
+
+    fn axpy_f16(self, alpha: f32, x: &[f16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: as for `axpy`.
+        unsafe { axpy_converted(alpha, x.as_ptr(), y.as_mut_ptr(), n) }
+    }
+
+    fn axpy_bf16(self, alpha: f32, x: &[bf16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: as for `axpy`.
+        unsafe { axpy_converted(alpha, x.as_ptr(), y.as_mut_ptr(), n) }
+    }
+
+    fn scale(self, alpha: f32, x: &mut [f32]) {
+        // SAFETY: the token proves avx512f; `x` is valid for `x.len()` reads and writes.
+        unsafe { scale(alpha, x.as_mut_ptr(), x.len()) }
+    }
+
+    fn max(self, x: &[f32]) -> f32 {
+        // SAFETY: the token proves avx512f; `x` is valid for `x.len()` reads.
+        unsafe { max(x.as_ptr(), x.len()) }
+    }
+
+    fn exp_sub_sum(self, x: &mut [f32], shift: f32) -> f32 {
+        // SAFETY: the token proves avx512f; `x` is valid for `x.len()` reads and writes.
+        unsafe { exp_sub_sum(x.as_mut_ptr(), x.len(), shift) }
+    }
+
+    fn qk_tile(
+        self,
+        qt: &[f32],
+        k: &[f32],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        let cols = qk_tile_cols(qt, k, k_row_stride, cols, head_dim, st);
+        // SAFETY: the token proves avx512f; `qk_tile_cols` guarantees `qt` holds
+        // `head_dim * TILE_Q` elements, `k` has `cols` rows of `head_dim` at
+        // `k_row_stride`, and `st` contains `cols * TILE_Q` elements.
+        unsafe {
+            qk_tile(
+                qt.as_ptr(),
+                k.as_ptr(),
+                k_row_stride,
+                cols,
+                head_dim,
+                scale,
+                st.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn has_bf16_dot(self) -> bool {
+        self.bf16
+    }
+
+    fn qk_tile_bf16(
+        self,
+        qp: &[bf16],
+        k: &[bf16],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        if !self.bf16 {
+            return super::portable::qk_tile_bf16(qp, k, k_row_stride, cols, head_dim, scale, st);
+        }
+        let cols = qk_tile_bf16_cols(qp, k, k_row_stride, cols, head_dim, st);
+        // SAFETY: the token proves avx512f and, with `self.bf16`, avx512bf16;
+        // `qk_tile_bf16_cols` guarantees `qp` contains `ceil(head_dim / 2) * 2 * TILE_Q`
+        // elements, `k` has `cols` rows of `head_dim` at `k_row_stride`, and `st`
+        // contains `cols * TILE_Q` elements.
+        unsafe {
+            qk_tile_bf16(
+                qp.as_ptr(),
+                k.as_ptr(),
+                k_row_stride,
+                cols,
+                head_dim,
+                scale,
+                st.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    ) {
+        let cols = softmax_tile_cols(st, cols, m, l, correction);
+        // SAFETY: the token proves avx512f; `softmax_tile_cols` guarantees `st` holds
+        // `cols * TILE_Q` elements and `m`, `l`, `correction` contain `TILE_Q` each.
+        unsafe {
+            softmax_tile(
+                st.as_mut_ptr(),
+                cols,
+                m.as_mut_ptr(),
+                l.as_mut_ptr(),
+                correction.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
+        // SAFETY: the token proves avx512f; `pv_tile_shape` guarantees `pt` holds
+        // `cols * TILE_Q` elements, `v` has `cols` rows of `head_dim` at
+        // `v_row_stride`, `o` contains `rows * head_dim` elements and `rows <= TILE_Q`.
+        unsafe {
+            pv_tile(
+                pt.as_ptr(),
+                v.as_ptr(),
+                v_row_stride,
+                cols,
+                head_dim,
+                o.as_mut_ptr(),
+                rows,
+            )
+        }
+    }
+}
+
+/// Returns a mask with the low `count` lanes set (`count <= 16`).
+#[inline]
+fn lane_mask(count: usize) -> __mmask16 {
+    ((1u32 << count) - 1) as __mmask16
+}
+
+/// A 16-bit storage type that widens 16 lanes at a time to f32.
+trait Widen: crate::dtype::Element {
+    /// Loads 16 elements from `ptr` as f32.
+    ///
+    /// # Safety
+    /// avx512f must be available and `ptr` valid for 16 reads.
+    unsafe fn load_lanes(ptr: *const Self) -> __m512;
+}
+
+impl Widen for f16 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_lanes(ptr: *const Self) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(ptr.cast()))
+    }
+}
+
+impl Widen for bf16 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_lanes(ptr: *const Self) -> __m512 {
+        // A bf16 value is the upper half of the f32 with the same bits.
+        let widened = _mm512_cvtepu16_epi32(_mm256_loadu_si256(ptr.cast()));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(widened))
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 4 * LANES <= n {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            let offset = i + u * LANES;
+            *acc = _mm512_fmadd_ps(
+                _mm512_loadu_ps(a.add(offset)),
+                _mm512_loadu_ps(b.add(offset)),
+                *acc,
+            );
+        }
+        i += 4 * LANES;
+    }
+    while i + LANES <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), acc[0]);
+        i += LANES;
+    }
+    if i < n {
+        let mask = lane_mask(n - i);
+        let x = _mm512_maskz_loadu_ps(mask, a.add(i));
+        let y = _mm512_maskz_loadu_ps(mask, b.add(i));
+        acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
+    }
+    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(sum)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_converted<T: Widen>(a: *const f32, b: *const T, n: usize) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 2 * LANES <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), T::load_lanes(b.add(i)), acc[0]);
+        acc[1] = _mm512_fmadd_ps(
+            _mm512_loadu_ps(a.add(i + LANES)),
+            T::load_lanes(b.add(i + LANES)),
+            acc[1],
+        );
+        i += 2 * LANES;
+    }
+    if i + LANES <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), T::load_lanes(b.add(i)), acc[0]);
+        i += LANES;
+    }
+    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    while i < n {
+        sum += *a.add(i) * (*b.add(i)).to_f32();
+        i += 1;
+    }
+    sum
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy(alpha: f32, x: *const f32, y: *mut f32, n: usize) {
+    let alpha_v = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i + LANES <= n {
+        let updated = _mm512_fmadd_ps(
+            alpha_v,
+            _mm512_loadu_ps(x.add(i)),
+            _mm512_loadu_ps(y.add(i)),
+        );
+        _mm512_storeu_ps(y.add(i), updated);
+        i += LANES;
+    }
+    if i < n {
+        let mask = lane_mask(n - i);
+        let x_v = _mm512_maskz_loadu_ps(mask, x.add(i));
+        let y_v = _mm512_maskz_loadu_ps(mask, y.add(i));
+        _mm512_mask_storeu_ps(y.add(i), mask, _mm512_fmadd_ps(alpha_v, x_v, y_v));
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy_converted<T: Widen>(alpha: f32, x: *const T, y: *mut f32, n: usize) {
+    let alpha_v = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i + LANES <= n {
+        let updated = _mm512_fmadd_ps(alpha_v, T::load_lanes(x.add(i)), _mm512_loadu_ps(y.add(i)));
+        _mm512_storeu_ps(y.add(i), updated);
+        i += LANES;
+    }
+    while i < n {
+        *y.add(i) += alpha * (*x.add(i)).to_f32();
+        i += 1;
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn scale(alpha: f32, x: *mut f32, n: usize) {
+    let alpha_v = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i + LANES <= n {
+        _mm512_storeu_ps(x.add(i), _mm512_mul_ps(alpha_v, _mm512_loadu_ps(x.add(i))));
+        i += LANES;
+    }
+    if i < n {
+        let mask = lane_mask(n - i);
+        let x_v = _mm512_maskz_loadu_ps(mask, x.add(i));
+        _mm512_mask_storeu_ps(x.add(i), mask, _mm512_mul_ps(alpha_v, x_v));
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn max(x: *const f32, n: usize) -> f32 {
+    let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + LANES <= n {
+        acc = _mm512_max_ps(acc, _mm512_loadu_ps(x.add(i)));
+        i += LANES;
+    }
+    if i < n {
+        // Lanes outside the mask keep their value from `acc`.
+        let tail = _mm512_mask_loadu_ps(acc, lane_mask(n - i), x.add(i));
+        acc = _mm512_max_ps(acc, tail);
+    }
+    _mm512_reduce_max_ps(acc)
+}
+
+/// Computes `exp(x)` per lane.
+///
+/// `exp(x) = 2^n * exp(r)` with `n = round(x / ln 2)` and `|r| <= ln(2) / 2`; `exp(r)` is
+/// its Taylor polynomial of degree 7 (truncation error below `0.35^8 / 8! < 6e-9`,
+/// under f32's unit roundoff). Inputs are clamped to `[-104, 88]`: below -104 the
+/// result rounds to 0 (so `exp(-inf) = 0` exactly), above 88 the softmax never goes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp(x: __m512) -> __m512 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that `n * LN2_HI` is exact for |n| < 2^9.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = _mm512_min_ps(
+        _mm512_max_ps(x, _mm512_set1_ps(-104.0)),
+        _mm512_set1_ps(88.0),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let coefficients = [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        1.0 / 2.0,
+        1.0,
+        1.0,
+    ];
+    let mut poly = _mm512_set1_ps(1.0 / 5040.0);
+    for c in coefficients {
+        poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(poly, n)
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_sub_sum(x: *mut f32, n: usize, shift: f32) -> f32 {
+    let shift_v = _mm512_set1_ps(shift);
+    let mut sum = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + LANES <= n {
+        let e = exp(_mm512_sub_ps(_mm512_loadu_ps(x.add(i)), shift_v));
+        _mm512_storeu_ps(x.add(i), e);
+        sum = _mm512_add_ps(sum, e);
+        i += LANES;
+    }
+    if i < n {
+        let mask = lane_mask(n - i);
+        let e = exp(_mm512_sub_ps(
+            _mm512_maskz_loadu_ps(mask, x.add(i)),
+            shift_v,
+        ));
+        _mm512_mask_storeu_ps(x.add(i), mask, e);
+        sum = _mm512_mask_add_ps(sum, mask, sum, e);
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+/// Vectors per transposed score row: `TILE_Q / LANES`.
+const TILE_VECTORS: usize = TILE_Q / LANES;
+
+#[target_feature(enable = "avx512f")]
+unsafe fn qk_tile(
+    qt: *const f32,
+    k: *const f32,
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    scale: f32,
+    st: *mut f32,
+) {
+    let mut col = 0;
+    while col + 6 <= cols {
+        qk_keys::<6>(
+            qt,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 6;
+    }
+    if col + 4 <= cols {
+        qk_keys::<4>(
+            qt,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 4;
+    }
+    while col < cols {
+        qk_keys::<1>(
+            qt,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 1;
+    }
+}
+
+/// Computes the scores of `KEYS` keys against all `TILE_Q` queries; the `KEYS x 4`
+/// accumulators stay in registers.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn qk_keys<const KEYS: usize>(
+    qt: *const f32,
+    k: *const f32,
+    k_row_stride: usize,
+    head_dim: usize,
+    scale: f32,
+    st: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); TILE_VECTORS]; KEYS];
+    for d in 0..head_dim {
+        let qt_row = qt.add(d * TILE_Q);
+        let mut queries = [_mm512_setzero_ps(); TILE_VECTORS];
+        for (c, query) in queries.iter_mut().enumerate() {
+            *query = _mm512_loadu_ps(qt_row.add(c * LANES));
+        }
+        for (key, acc_row) in acc.iter_mut().enumerate() {
+            let k_value = _mm512_set1_ps(*k.add(key * k_row_stride + d));
+            for (acc, query) in acc_row.iter_mut().zip(queries) {
+                *acc = _mm512_fmadd_ps(k_value, query, *acc);
+            }
+        }
+    }
+    let scale_v = _mm512_set1_ps(scale);
+    for (key, acc_row) in acc.iter().enumerate() {
+        for (c, acc) in acc_row.iter().enumerate() {
+            _mm512_storeu_ps(
+                st.add(key * TILE_Q + c * LANES),
+                _mm512_mul_ps(*acc, scale_v),
+            );
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn qk_tile_bf16(
+    qp: *const bf16,
+    k: *const bf16,
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    scale: f32,
+    st: *mut f32,
+) {
+    let mut col = 0;
+    while col + 6 <= cols {
+        qk_keys_bf16::<6>(
+            qp,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 6;
+    }
+    if col + 4 <= cols {
+        qk_keys_bf16::<4>(
+            qp,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 4;
+    }
+    while col < cols {
+        qk_keys_bf16::<1>(
+            qp,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 1;
+    }
+}
+
+/// Computes the scores of `KEYS` keys against all `TILE_Q` queries with `vdpbf16ps`,
+/// which multiplies pairs of bf16 values and adds both products to an f32 lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn qk_keys_bf16<const KEYS: usize>(
+    qp: *const bf16,
+    k: *const bf16,
+    k_row_stride: usize,
+    head_dim: usize,
+    scale: f32,
+    st: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); TILE_VECTORS]; KEYS];
+    for pair in 0..head_dim.div_ceil(2) {
+        // Lane i of vector c holds the pair (q[16c + i][2 pair], q[16c + i][2 pair + 1]).
+        let qp_row = qp.add(pair * 2 * TILE_Q);
+        let mut queries = [_mm512_setzero_si512(); TILE_VECTORS];
+        for (c, query) in queries.iter_mut().enumerate() {
+            *query = _mm512_loadu_si512(qp_row.add(c * 2 * LANES).cast());
+        }
+        let d = 2 * pair;
+        for (key, acc_row) in acc.iter_mut().enumerate() {
+            let k_row = k.add(key * k_row_stride);
+            // The two bf16 keys of the pair as one 32-bit lane, low half first; an odd
+            // head_dim leaves the high half 0, matching the zero-padded queries.
+            let bits = if d + 1 < head_dim {
+                (k_row.add(d) as *const u32).read_unaligned()
+            } else {
+                u32::from((*k_row.add(d)).to_bits())
+            };
+            let keys: __m512bh = std::mem::transmute(_mm512_set1_epi32(bits as i32));
+            for (acc, query) in acc_row.iter_mut().zip(queries) {
+                *acc =
+                    _mm512_dpbf16_ps(*acc, keys, std::mem::transmute::<__m512i, __m512bh>(query));
+            }
+        }
+    }
+    let scale_v = _mm512_set1_ps(scale);
+    for (key, acc_row) in acc.iter().enumerate() {
+        for (c, acc) in acc_row.iter().enumerate() {
+            _mm512_storeu_ps(
+                st.add(key * TILE_Q + c * LANES),
+                _mm512_mul_ps(*acc, scale_v),
+            );
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_tile(st: *mut f32, cols: usize, m: *mut f32, l: *mut f32, correction: *mut f32) {
+    let negative_infinity = _mm512_set1_ps(f32::NEG_INFINITY);
+    for c in 0..TILE_VECTORS {
+        let offset = c * LANES;
+        let m_old = _mm512_loadu_ps(m.add(offset));
+        let mut block_max = negative_infinity;
+        for j in 0..cols {
+            block_max = _mm512_max_ps(block_max, _mm512_loadu_ps(st.add(j * TILE_Q + offset)));
+        }
+        let m_new = _mm512_max_ps(m_old, block_max);
+        // With nothing visible so far, subtract 0 instead of -inf: exp(-inf - 0) = 0,
+        // where exp(-inf - -inf) would be NaN.
+        let nothing_visible = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(m_new, negative_infinity);
+        let shift = _mm512_mask_blend_ps(nothing_visible, m_new, _mm512_setzero_ps());
+        let mut sum = _mm512_setzero_ps();
+        for j in 0..cols {
+            let p = exp(_mm512_sub_ps(
+                _mm512_loadu_ps(st.add(j * TILE_Q + offset)),
+                shift,
+            ));
+            _mm512_storeu_ps(st.add(j * TILE_Q + offset), p);
+            sum = _mm512_add_ps(sum, p);
+        }
+        let factor = exp(_mm512_sub_ps(m_old, shift));
+        _mm512_storeu_ps(correction.add(offset), factor);
+        _mm512_storeu_ps(
+            l.add(offset),
+            _mm512_fmadd_ps(_mm512_loadu_ps(l.add(offset)), factor, sum),
+        );
+        _mm512_storeu_ps(m.add(offset), m_new);
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn pv_tile(
+    pt: *const f32,
+    v: *const f32,
+    v_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    o: *mut f32,
+    rows: usize,
+) {
+    // Walk head_dim in chunks of up to 4 vectors; the last vector of the last chunk
+    // is masked when head_dim is not a multiple of 16.
+    let mut d0 = 0;
+    while d0 < head_dim {
+        let width = (head_dim - d0).min(4 * LANES);
+        let vectors = width.div_ceil(LANES);
+        let last_mask = lane_mask(width - (vectors - 1) * LANES);
+        let mut row = 0;
+        while row < rows {
+            let step = if row + 6 <= rows {
+                6
+            } else if row + 4 <= rows {
+                4
+            } else {
+                1
+            };
+            let chunk = ValueChunk {
+                pt: pt.add(row),
+                v: v.add(d0),
+                v_row_stride,
+                cols,
+                o: o.add(row * head_dim + d0),
+                o_row_stride: head_dim,
+                last_mask,
+            };
+            match (step, vectors) {
+                (6, 1) => pv_rows::<6, 1>(chunk),
+                (6, 2) => pv_rows::<6, 2>(chunk),
+                (6, 3) => pv_rows::<6, 3>(chunk),
+                (6, _) => pv_rows::<6, 4>(chunk),
+                (4, 1) => pv_rows::<4, 1>(chunk),
+                (4, 2) => pv_rows::<4, 2>(chunk),
+                (4, 3) => pv_rows::<4, 3>(chunk),
+                (4, _) => pv_rows::<4, 4>(chunk),
+                (_, 1) => pv_rows::<1, 1>(chunk),
+                (_, 2) => pv_rows::<1, 2>(chunk),
+                (_, 3) => pv_rows::<1, 3>(chunk),
+                (_, _) => pv_rows::<1, 4>(chunk),
+            }
+            row += step;
+        }
+        d0 += width;
+    }
+}
+
+/// One block of a value tile product: pointers already offset to its first row and
+/// head_dim column.
+#[derive(Clone, Copy)]
+struct ValueChunk {
+    pt: *const f32,
+    v: *const f32,
+    v_row_stride: usize,
+    cols: usize,
+    o: *mut f32,
+    o_row_stride: usize,
+    last_mask: __mmask16,
+}
+
+/// Accumulates `ROWS` output rows over `VECTORS * 16` columns of head_dim.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(chunk: ValueChunk) {
+    let ValueChunk {
+        pt,
+        v,
+        v_row_stride,
+        cols,
+        o,
+        o_row_stride,
+        last_mask,
+    } = chunk;
+    let mask = |c: usize| if c + 1 == VECTORS { last_mask } else { 0xFFFF };
+    let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
+    for (row, acc_row) in acc.iter_mut().enumerate() {
+        for (c, acc) in acc_row.iter_mut().enumerate() {
+            *acc = _mm512_maskz_loadu_ps(mask(c), o.add(row * o_row_stride + c * LANES));
+        }
+    }
+    for kv in 0..cols {
+        let v_row = v.add(kv * v_row_stride);
+        let mut values = [_mm512_setzero_ps(); VECTORS];
+        for (c, value) in values.iter_mut().enumerate() {
+            *value = _mm512_maskz_loadu_ps(mask(c), v_row.add(c * LANES));
+        }
+        for (row, acc_row) in acc.iter_mut().enumerate() {
+            let weight = _mm512_set1_ps(*pt.add(kv * TILE_Q + row));
+            for (acc, value) in acc_row.iter_mut().zip(values) {
+                *acc = _mm512_fmadd_ps(weight, value, *acc);
+            }
+        }
+    }
+    for (row, acc_row) in acc.iter().enumerate() {
+        for (c, acc) in acc_row.iter().enumerate() {
+            _mm512_mask_storeu_ps(o.add(row * o_row_stride + c * LANES), mask(c), *acc);
+        }
+    }
+}

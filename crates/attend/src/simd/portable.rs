@@ -1,0 +1,178 @@
+//! The portable implementation: plain loops that any CPU runs.
+
+use half::{bf16, f16};
+
+use super::{
+    pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q,
+};
+
+/// The token for plain Rust code; always available.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Portable;
+
+impl sealed::Sealed for Portable {}
+
+impl Simd for Portable {
+    fn isa(self) -> Isa {
+        Isa::Portable
+    }
+
+    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    fn dot_f16(self, a: &[f32], b: &[f16]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+    }
+
+    fn dot_bf16(self, a: &[f32], b: &[bf16]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+    }
+
+    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            *y += alpha * x;
+        }
+    }
+
+    fn axpy_f16(self, alpha: f32, x: &[f16], y: &mut [f32]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            *y += alpha * x.to_f32();
+        }
+    }
+
+    fn axpy_bf16(self, alpha: f32, x: &[bf16], y: &mut [f32]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            *y += alpha * x.to_f32();
+        }
+    }
+
+    fn scale(self, alpha: f32, x: &mut [f32]) {
+        for x in x {
+            *x *= alpha;
+        }
+    }
+
+    fn max(self, x: &[f32]) -> f32 {
+        x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+
+    fn exp_sub_sum(self, x: &mut [f32], shift: f32) -> f32 {
+        let mut sum = 0.0;
+        for x in x {
+            *x = (*x - shift).exp();
+            sum += *x;
+        }
+        sum
+    }
+
+    fn qk_tile(
+        self,
+        qt: &[f32],
+        k: &[f32],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        let cols = qk_tile_cols(qt, k, k_row_stride, cols, head_dim, st);
+        for col in 0..cols {
+            let k_row = &k[col * k_row_stride..][..head_dim];
+            let st_row = &mut st[col * TILE_Q..][..TILE_Q];
+            st_row.fill(0.0);
+            for (d, &k_value) in k_row.iter().enumerate() {
+                let qt_row = &qt[d * TILE_Q..][..TILE_Q];
+                for (acc, &q_value) in st_row.iter_mut().zip(qt_row) {
+                    *acc += k_value * q_value;
+                }
+            }
+            for acc in st_row.iter_mut() {
+                *acc *= scale;
+            }
+        }
+    }
+
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    ) {
+        let cols = softmax_tile_cols(st, cols, m, l, correction);
+        for i in 0..TILE_Q {
+            let block_max = (0..cols)
+                .map(|j| st[j * TILE_Q + i])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let m_new = m[i].max(block_max);
+            // With nothing visible so far, subtract 0 instead of -inf: exp(-inf - 0) = 0,
+            // where exp(-inf - -inf) would be NaN.
+            let shift = if m_new == f32::NEG_INFINITY {
+                0.0
+            } else {
+                m_new
+            };
+            let mut sum = 0.0;
+            for j in 0..cols {
+                let p = (st[j * TILE_Q + i] - shift).exp();
+                st[j * TILE_Q + i] = p;
+                sum += p;
+            }
+            correction[i] = (m[i] - shift).exp();
+            l[i] = l[i] * correction[i] + sum;
+            m[i] = m_new;
+        }
+    }
+
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
+        for row in 0..rows {
+            let o_row = &mut o[row * head_dim..][..head_dim];
+            for col in 0..cols {
+                let weight = pt[col * TILE_Q + row];
+                let v_row = &v[col * v_row_stride..][..head_dim];
+                for (acc, &v_value) in o_row.iter_mut().zip(v_row) {
+                    *acc += weight * v_value;
+                }
+            }
+        }
+    }
+}
+
+/// Computes a bf16 score tile in plain Rust; every token without bf16 dot products uses it.
+pub(super) fn qk_tile_bf16(
+    qp: &[bf16],
+    k: &[bf16],
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    scale: f32,
+    st: &mut [f32],
+) {
+    let cols = qk_tile_bf16_cols(qp, k, k_row_stride, cols, head_dim, st);
+    for col in 0..cols {
+        let k_row = &k[col * k_row_stride..][..head_dim];
+        let st_row = &mut st[col * TILE_Q..][..TILE_Q];
+        st_row.fill(0.0);
+        for (d, k_value) in k_row.iter().enumerate() {
+            let k_value = k_value.to_f32();
+            let pairs = &qp[(d / 2) * 2 * TILE_Q..][..2 * TILE_Q];
+            for (query, acc) in st_row.iter_mut().enumerate() {
+                *acc += k_value * pairs[2 * query + d % 2].to_f32();
+            }
+        }
+        for acc in st_row.iter_mut() {
+            *acc *= scale;
+        }
+    }
+}

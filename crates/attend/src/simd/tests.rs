@@ -1,0 +1,279 @@
+//! Every instruction set against the portable implementation.
+
+use half::{bf16, f16};
+
+use super::*;
+
+/// Returns the instruction sets this CPU can run, portable first.
+fn available_isas() -> Vec<Isa> {
+    [Isa::Portable, Isa::Avx2Fma, Isa::Avx512, Isa::Neon]
+        .into_iter()
+        .filter(|isa| isa.is_available())
+        .collect()
+}
+
+/// Deterministic values in [-1, 1].
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as f32 + 1.0) * (seed as f32 * 0.618 + 0.7)).sin())
+        .collect()
+}
+
+/// Lengths around the 4-, 8- and 16-lane widths and their unrolled multiples.
+const LENGTHS: [usize; 12] = [0, 1, 3, 7, 8, 15, 16, 17, 31, 64, 65, 257];
+
+/// Computes every row primitive over every length and returns the results, flattened.
+struct RowPrimitives;
+
+impl SimdOp for RowPrimitives {
+    type Output = Vec<f32>;
+
+    fn run<S: Simd>(self, simd: S) -> Vec<f32> {
+        let mut results = Vec::new();
+        for n in LENGTHS {
+            let a = values(n, 1);
+            let b = values(n, 2);
+            let b_f16: Vec<f16> = b.iter().map(|&x| f16::from_f32(x)).collect();
+            let b_bf16: Vec<bf16> = b.iter().map(|&x| bf16::from_f32(x)).collect();
+            results.push(simd.dot(&a, &b));
+            results.push(simd.dot_f16(&a, &b_f16));
+            results.push(simd.dot_bf16(&a, &b_bf16));
+            results.push(simd.max(&a));
+
+            let mut y = b.clone();
+            simd.axpy(0.5, &a, &mut y);
+            simd.axpy_f16(-0.25, &b_f16, &mut y);
+            simd.axpy_bf16(2.0, &b_bf16, &mut y);
+            simd.scale(1.5, &mut y);
+            results.extend(&y);
+
+            let mut e = a.clone();
+            if n > 2 {
+                e[1] = f32::NEG_INFINITY;
+            }
+            results.push(simd.exp_sub_sum(&mut e, 0.5));
+            results.extend(&e);
+        }
+        results
+    }
+}
+
+/// Computes score, softmax and value tiles for awkward head dims, key counts and strides.
+struct TilePrimitives;
+
+impl SimdOp for TilePrimitives {
+    type Output = Vec<f32>;
+
+    fn run<S: Simd>(self, simd: S) -> Vec<f32> {
+        let mut results = Vec::new();
+        for head_dim in [1, 3, 16, 17, 64, 100] {
+            for cols in [1, 5, 7, 13, TILE_KV] {
+                for row_stride in [head_dim, head_dim + 3] {
+                    let qt = values(head_dim * TILE_Q, 3);
+                    let k = values(cols * row_stride, 4);
+                    let mut st = vec![0.0; cols * TILE_Q];
+                    simd.qk_tile(&qt, &k, row_stride, cols, head_dim, 0.125, &mut st);
+                    results.extend(&st);
+
+                    // The same scores from bf16 inputs, queries in pairs along head_dim.
+                    let k_bf16: Vec<bf16> = k.iter().map(|&x| bf16::from_f32(x)).collect();
+                    let mut qp = vec![bf16::ZERO; head_dim.div_ceil(2) * 2 * TILE_Q];
+                    for d in 0..head_dim {
+                        for i in 0..TILE_Q {
+                            qp[(d / 2) * 2 * TILE_Q + 2 * i + d % 2] =
+                                bf16::from_f32(qt[d * TILE_Q + i]);
+                        }
+                    }
+                    let mut st_bf16 = vec![0.0; cols * TILE_Q];
+                    simd.qk_tile_bf16(
+                        &qp,
+                        &k_bf16,
+                        row_stride,
+                        cols,
+                        head_dim,
+                        0.125,
+                        &mut st_bf16,
+                    );
+                    results.extend(&st_bf16);
+
+                    // Hide some scores, and all of query 5, to exercise the -inf guard.
+                    for (index, score) in st.iter_mut().enumerate() {
+                        if index % 7 == 3 || index % TILE_Q == 5 {
+                            *score = f32::NEG_INFINITY;
+                        }
+                    }
+                    let mut m = values(TILE_Q, 9);
+                    m[5] = f32::NEG_INFINITY;
+                    let mut l = values(TILE_Q, 10)
+                        .iter()
+                        .map(|x| x.abs())
+                        .collect::<Vec<_>>();
+                    l[5] = 0.0;
+                    let mut correction = vec![0.0; TILE_Q];
+                    simd.softmax_tile(&mut st, cols, &mut m, &mut l, &mut correction);
+                    results.extend(st.iter().chain(&m).chain(&l).chain(&correction));
+
+                    for rows in [1, 5, TILE_Q] {
+                        let v = values(cols * row_stride, 5);
+                        let mut o = values(rows * head_dim, 6);
+                        simd.pv_tile(&st, &v, row_stride, cols, head_dim, &mut o);
+                        results.extend(&o);
+                    }
+                }
+            }
+        }
+        results
+    }
+}
+
+#[test]
+fn softmax_tile_keeps_hidden_queries_finite() {
+    struct Op;
+    impl SimdOp for Op {
+        type Output = Vec<f32>;
+        fn run<S: Simd>(self, simd: S) -> Vec<f32> {
+            let mut st = vec![f32::NEG_INFINITY; 3 * TILE_Q];
+            st[TILE_Q + 1] = 2.0;
+            let mut m = vec![f32::NEG_INFINITY; TILE_Q];
+            let mut l = vec![0.0; TILE_Q];
+            let mut correction = vec![0.0; TILE_Q];
+            simd.softmax_tile(&mut st, 3, &mut m, &mut l, &mut correction);
+            st.iter()
+                .chain(&m)
+                .chain(&l)
+                .chain(&correction)
+                .copied()
+                .collect()
+        }
+    }
+    for isa in available_isas() {
+        let x = dispatch(isa, Op).unwrap();
+        let (st, rest) = x.split_at(3 * TILE_Q);
+        let (m, rest) = rest.split_at(TILE_Q);
+        let (l, correction) = rest.split_at(TILE_Q);
+        for (index, &p) in st.iter().enumerate() {
+            let expected = if index == TILE_Q + 1 { 1.0 } else { 0.0 };
+            assert_eq!(p, expected, "{isa:?} probability {index}");
+        }
+        assert_eq!(m[1], 2.0, "{isa:?}");
+        assert_eq!(l[1], 1.0, "{isa:?}");
+        assert_eq!(
+            (m[0], l[0], correction[0]),
+            (f32::NEG_INFINITY, 0.0, 0.0),
+            "{isa:?}"
+        );
+        assert_eq!(correction[1], 0.0, "{isa:?}");
+    }
+}
+
+fn assert_close(isa: Isa, got: &[f32], expected: &[f32]) {
+    assert_eq!(got.len(), expected.len());
+    for (i, (&x, &y)) in got.iter().zip(expected).enumerate() {
+        if x == y {
+            // Also covers the infinities, where a difference would be NaN.
+            continue;
+        }
+        // Vector code sums in a different order and uses its own exp, so results agree
+        // to a few units in the last place relative to the largest terms (|x| <= ~300).
+        let tolerance = 1e-5 * (1.0 + y.abs());
+        assert!(
+            (x - y).abs() <= tolerance,
+            "{isa:?} result {i}: {x} vs portable {y}"
+        );
+    }
+}
+
+#[test]
+fn row_primitives_match_portable() {
+    let expected = dispatch(Isa::Portable, RowPrimitives).unwrap();
+    for isa in available_isas() {
+        assert_close(isa, &dispatch(isa, RowPrimitives).unwrap(), &expected);
+    }
+}
+
+#[test]
+fn tile_primitives_match_portable() {
+    let expected = dispatch(Isa::Portable, TilePrimitives).unwrap();
+    for isa in available_isas() {
+        assert_close(isa, &dispatch(isa, TilePrimitives).unwrap(), &expected);
+    }
+}
+
+#[test]
+fn exp_of_negative_infinity_is_zero() {
+    struct Op;
+    impl SimdOp for Op {
+        type Output = Vec<f32>;
+        fn run<S: Simd>(self, simd: S) -> Vec<f32> {
+            let mut x = vec![f32::NEG_INFINITY; 19];
+            x[3] = 0.0;
+            let sum = simd.exp_sub_sum(&mut x, 0.0);
+            x.push(sum);
+            x
+        }
+    }
+    for isa in available_isas() {
+        let x = dispatch(isa, Op).unwrap();
+        for (i, &value) in x.iter().enumerate() {
+            let expected = if i == 3 || i == 19 { 1.0 } else { 0.0 };
+            assert_eq!(value, expected, "{isa:?} element {i}");
+        }
+    }
+}
+
+fn exp_inputs() -> Vec<f32> {
+    (0..2000).map(|i| -80.0 + i as f32 * 0.04).collect()
+}
+
+#[test]
+fn exp_is_accurate_over_softmax_range() {
+    struct Op;
+    impl SimdOp for Op {
+        type Output = Vec<f32>;
+        fn run<S: Simd>(self, simd: S) -> Vec<f32> {
+            let mut x = exp_inputs();
+            simd.exp_sub_sum(&mut x, 0.0);
+            x
+        }
+    }
+    for isa in available_isas() {
+        let x = dispatch(isa, Op).unwrap();
+        for (i, &value) in x.iter().enumerate() {
+            let exact = f64::from(exp_inputs()[i]).exp();
+            // A few f32 units in the last place (2^-24 ~ 6e-8).
+            let relative = (f64::from(value) - exact).abs() / exact;
+            assert!(relative < 5e-7, "{isa:?} exp at {i}: {value} vs {exact}");
+        }
+    }
+}
+
+#[test]
+fn free_functions_use_detected_isa() {
+    let a = values(37, 7);
+    let b = values(37, 8);
+    let expected: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    assert!((dot(&a, &b) - expected).abs() < 1e-5);
+    let mut y = vec![1.0; 37];
+    axpy(2.0, &a, &mut y);
+    scale(0.5, &mut y);
+    for (i, &value) in y.iter().enumerate() {
+        assert!((value - (1.0 + 2.0 * a[i]) * 0.5).abs() < 1e-6);
+    }
+    // Zip semantics: the shorter slice sets the length.
+    assert_eq!(dot(&a[..3], &b), dot(&a[..3], &b[..3]));
+    assert_eq!(max(&[]), f32::NEG_INFINITY);
+}
+
+#[test]
+fn unavailable_isa_is_an_error() {
+    let missing = [Isa::Avx2Fma, Isa::Avx512, Isa::Neon]
+        .into_iter()
+        .find(|isa| !isa.is_available());
+    if let Some(isa) = missing {
+        assert_eq!(
+            dispatch(isa, RowPrimitives).unwrap_err(),
+            AttendError::IsaUnavailable { isa }
+        );
+    }
+    assert!(Isa::detect().is_available());
+}
