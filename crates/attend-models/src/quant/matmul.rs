@@ -3,7 +3,9 @@
 use super::activations::QuantizedActivations;
 use super::dequant::{check_row_bytes, dequantize};
 use super::float::matmul_float;
-use super::kernel::{dot_tile, prefetch, unpack_rows, Isa, Tile, MAX_TILE_ROWS};
+use super::kernel::{
+    dot_row, dot_tile, has_row_kernel, prefetch, unpack_rows, Isa, Tile, MAX_TILE_ROWS,
+};
 use super::unpack::{UnpackedRows, GROUP, LANE};
 use super::QuantError;
 use crate::GgmlType;
@@ -189,6 +191,10 @@ fn check_f32_len(
 fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
     let (rows, cols, tokens) = (w.rows, w.cols, acts.tokens());
     let row_bytes = w.row_bytes();
+    if tokens == 1 && has_row_kernel(isa) {
+        matvec_direct(w, acts, out, isa);
+        return;
+    }
     let row_tiles = rows.div_ceil(MAX_TILE_ROWS);
     let token_chunks = tokens.div_ceil(TOKEN_CHUNK);
     let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
@@ -234,6 +240,32 @@ fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32
                         }
                     }
                 }
+            }
+        });
+}
+
+/// The single-token product, decoding each row in registers; `out: [rows]`.
+fn matvec_direct(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
+    let row_bytes = w.row_bytes();
+    let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
+    let chunk_rows = w.rows.div_ceil(target_tasks).max(MAX_TILE_ROWS);
+    out.par_chunks_mut(chunk_rows)
+        .enumerate()
+        .for_each(|(chunk_idx, out_chunk)| {
+            let r0 = chunk_idx * chunk_rows;
+            for (i, value) in out_chunk.iter_mut().enumerate() {
+                let r = r0 + i;
+                let ahead = (r + PREFETCH_ROWS_AHEAD).min(w.rows);
+                prefetch(&w.data[ahead * row_bytes..(ahead + 1).min(w.rows) * row_bytes]);
+                let row = &w.data[r * row_bytes..(r + 1) * row_bytes];
+                *value = dot_row(
+                    isa,
+                    w.ty,
+                    row,
+                    &acts.codes,
+                    &acts.lane_scales,
+                    &acts.group_sums,
+                );
             }
         });
 }

@@ -68,7 +68,7 @@ impl UnpackedRows {
 
 /// Unpacks one row of blocks; the slices cover at least the row's elements.
 #[inline(always)]
-fn unpack_row(
+pub(super) fn unpack_row(
     ty: GgmlType,
     bytes: &[u8],
     codes: &mut [u8],

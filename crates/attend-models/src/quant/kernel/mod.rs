@@ -11,6 +11,8 @@ mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
+mod x86_direct;
+#[cfg(target_arch = "x86_64")]
 mod x86_unpack;
 
 use super::unpack::UnpackedRows;
@@ -28,7 +30,7 @@ pub enum Isa {
     Portable,
     /// x86-64 AVX2 and FMA (`vpmaddubsw` products).
     Avx2,
-    /// x86-64 AVX-512 F, BW and VNNI (`vpdpbusd` products).
+    /// x86-64 AVX-512 F, BW and VNNI (`vpdpbusd` products), with F16C.
     Avx512Vnni,
 }
 
@@ -52,6 +54,7 @@ impl Isa {
                 is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("f16c")
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512Vnni => false,
@@ -117,6 +120,39 @@ pub(super) fn dot_tile(isa: Isa, tile: &Tile) -> [[f32; MAX_TILE_TOKENS]; MAX_TI
         Isa::Avx2 | Isa::Avx512Vnni => {
             unreachable!("x86 kernels requested on another architecture")
         }
+    }
+}
+
+/// Whether [`dot_row`] has a kernel for `isa`; without one, single tokens
+/// go through [`dot_tile`] like any other.
+pub(super) fn has_row_kernel(isa: Isa) -> bool {
+    isa == Isa::Avx512Vnni
+}
+
+/// `sum_c W[c] * x_hat[c]` for one raw row of type `ty` and one quantised
+/// token, decoding the row in registers.
+///
+/// # Shapes
+/// `row: [ty.bytes_for(cols)]`, `x_codes: [padded]`, `x_scales: [padded / 4]`,
+/// `x_sums: [padded / 16]`.
+///
+/// The caller has checked that `isa` is available and [`has_row_kernel`].
+pub(super) fn dot_row(
+    isa: Isa,
+    ty: GgmlType,
+    row: &[u8],
+    x_codes: &[i8],
+    x_scales: &[f32],
+    x_sums: &[f32],
+) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked `Isa::Avx512Vnni.is_available()`, which
+        // covers AVX-512 F, BW, VNNI and F16C (and so AVX2 and FMA).
+        Isa::Avx512Vnni => unsafe {
+            x86_direct::dot_row_avx512(ty, row, x_codes, x_scales, x_sums)
+        },
+        _ => unreachable!("no row kernel for {isa:?}"),
     }
 }
 
