@@ -175,6 +175,17 @@ fn cols_off_the_block_rejected() {
         }
     );
     assert!(err.to_string().contains("cols = 128"), "{err}");
+
+    // Two rows of 128 make one whole Q4_K block, but each row must be whole.
+    let err = QuantMatrix::new(GgmlType::Q4_K, &[0; 144], 2, 128).unwrap_err();
+    assert_eq!(
+        err,
+        QuantError::ColsNotBlockMultiple {
+            ty: GgmlType::Q4_K,
+            cols: 128,
+            block_elems: 256
+        }
+    );
 }
 
 #[test]
@@ -250,6 +261,36 @@ proptest! {
         for isa in available_isas() {
             let result = check_product(ty, rows, cols, tokens, isa, seed);
             prop_assert!(result.is_ok(), "{}", result.unwrap_err());
+        }
+    }
+}
+
+#[test]
+fn non_finite_activations_give_nan() {
+    let mut rng = StdRng::seed_from_u64(8);
+    for ty in QUANTIZED {
+        let (rows, cols) = (5, 256);
+        let bytes = random_weights(ty, rows, cols, &mut rng);
+        let w = QuantMatrix::new(ty, &bytes, rows, cols).unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            for isa in available_isas() {
+                let mut x = random_activations(2, cols, &mut rng);
+                x[7] = bad;
+                let mut out = vec![0.0; 2 * rows];
+                matmul_with_isa(&w, &x, 2, &mut out, isa).unwrap();
+                for r in 0..rows {
+                    assert!(
+                        out[r].is_nan(),
+                        "{ty} {isa:?} x[7] = {bad}: out[0, {r}] = {}",
+                        out[r]
+                    );
+                    assert!(
+                        out[rows + r].is_finite(),
+                        "{ty} {isa:?}: token 1 out[1, {r}] = {}",
+                        out[rows + r]
+                    );
+                }
+            }
         }
     }
 }

@@ -28,8 +28,8 @@ impl QuantizedActivations {
     /// Quantises `x` for a product with weights of type `weight_type`: one
     /// scale per 32 values for the 32-element formats, per 256 for the K formats.
     ///
-    /// Non-finite inputs make the affected block's products non-finite or
-    /// meaningless; they do not panic.
+    /// A NaN or infinity makes its block's scale NaN or infinite, so every
+    /// product that reads the block is NaN.
     ///
     /// # Shapes
     /// `x: [tokens, cols]`, row-major; `cols` a multiple of the weight block size.
@@ -129,7 +129,14 @@ fn quantize_row(
     sums: &mut [f32],
 ) {
     for (b, block) in x.chunks_exact(block_elems).enumerate() {
-        let max_abs = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // `f32::max` ignores NaN, so NaN is carried explicitly.
+        let max_abs = block.iter().fold(0.0f32, |m, v| {
+            if m.is_nan() || v.is_nan() {
+                f32::NAN
+            } else {
+                m.max(v.abs())
+            }
+        });
         let scale = max_abs / 127.0;
         // `127 / max_abs` rather than `1 / scale` keeps `|x| * inverse <= 127`
         // up to one rounding, so the clamp below only guards that rounding.

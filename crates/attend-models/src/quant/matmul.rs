@@ -11,7 +11,7 @@ use super::QuantError;
 use crate::GgmlType;
 use rayon::prelude::*;
 
-/// Tokens one task covers at most; with 2048 columns their quantised codes
+/// Tokens one task covers at most. With 2048 columns their quantised codes
 /// and scales take about 256 KiB, which stays in L2 across the task's rows.
 const TOKEN_CHUNK: usize = 64;
 /// Rows ahead of the current tile whose bytes are prefetched.
@@ -46,6 +46,15 @@ impl<'a> QuantMatrix<'a> {
             dim0: rows,
             dim1: cols,
         })?;
+        // Each row, not only the whole matrix, must be a whole number of blocks.
+        let block_elems = ty.block_elems();
+        if !cols.is_multiple_of(block_elems) {
+            return Err(QuantError::ColsNotBlockMultiple {
+                ty,
+                cols,
+                block_elems,
+            });
+        }
         check_row_bytes(ty, data.len(), elems)?;
         Ok(QuantMatrix {
             ty,
@@ -185,7 +194,7 @@ fn check_f32_len(
     Ok(())
 }
 
-/// The quantized product over a grid of tasks: each task takes a range of
+/// Computes the quantized product over a grid of tasks. Each task takes a range of
 /// row tiles and a chunk of tokens, unpacks each row tile once and runs the
 /// kernel over every token tile of its chunk.
 fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
@@ -244,7 +253,8 @@ fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32
         });
 }
 
-/// The single-token product, decoding each row in registers; `out: [rows]`.
+/// Computes the single-token product, decoding each row in registers.
+/// `out: [rows]`.
 fn matvec_direct(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
     let row_bytes = w.row_bytes();
     let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();

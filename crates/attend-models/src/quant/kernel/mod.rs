@@ -24,6 +24,8 @@ pub(super) const MAX_TILE_ROWS: usize = 4;
 pub(super) const MAX_TILE_TOKENS: usize = 4;
 
 /// The instruction set a product kernel uses.
+///
+/// NOTE: there is no NEON kernel yet, so aarch64 runs the portable kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
     /// Plain Rust integer arithmetic; runs everywhere.
@@ -35,7 +37,7 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The fastest instruction set this CPU supports.
+    /// Detects the fastest instruction set this CPU supports.
     pub fn detect() -> Isa {
         [Isa::Avx512Vnni, Isa::Avx2]
             .into_iter()
@@ -43,7 +45,7 @@ impl Isa {
             .unwrap_or(Isa::Portable)
     }
 
-    /// Whether this CPU supports the instruction set.
+    /// Checks whether this CPU supports the instruction set.
     pub fn is_available(self) -> bool {
         match self {
             Isa::Portable => true,
@@ -111,7 +113,7 @@ pub(super) fn dot_tile(isa: Isa, tile: &Tile) -> [[f32; MAX_TILE_TOKENS]; MAX_TI
         Isa::Portable => portable::dot_tile(tile),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller checked `Isa::Avx512Vnni.is_available()`, and
-        // `tile.check()` above holds the slice lengths the kernel reads.
+        // `tile.check()` above guarantees the slice lengths the kernel reads.
         Isa::Avx512Vnni => unsafe { x86::dot_tile_avx512(tile) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 and FMA.
@@ -123,8 +125,8 @@ pub(super) fn dot_tile(isa: Isa, tile: &Tile) -> [[f32; MAX_TILE_TOKENS]; MAX_TI
     }
 }
 
-/// Whether [`dot_row`] has a kernel for `isa`; without one, single tokens
-/// go through [`dot_tile`] like any other.
+/// Reports whether [`dot_row`] has a kernel for `isa`. Without one, single
+/// tokens go through [`dot_tile`] like any other.
 pub(super) fn has_row_kernel(isa: Isa) -> bool {
     isa == Isa::Avx512Vnni
 }
@@ -159,7 +161,7 @@ pub(super) fn dot_row(
 /// Unpacks `rows_bytes` (whole rows of type `ty`, back to back) into `rows`
 /// with `isa`'s byte shuffles.
 ///
-/// The caller has checked that `isa` is available and that `rows_bytes` holds
+/// The caller has checked that `isa` is available and that `rows_bytes` contains
 /// whole rows of the length `rows` was reset for.
 pub(super) fn unpack_rows(
     isa: Isa,

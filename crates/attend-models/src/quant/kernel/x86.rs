@@ -32,7 +32,7 @@ fn avx512_fixed<const R: usize, const T: usize>(tile: &Tile) -> TileSums {
         let mut w = [_mm512_setzero_si512(); R];
         let mut w_scale = [_mm512_setzero_ps(); R];
         for r in 0..R {
-            // SAFETY: `tile.check()` holds `w_codes.len() >= R * p` and
+            // SAFETY: `tile.check()` guarantees `w_codes.len() >= R * p` and
             // `w_scales.len() >= R * p / 4`, and `s * STEP + STEP <= p`.
             unsafe {
                 w[r] = _mm512_loadu_si512(tile.w_codes.as_ptr().add(r * p + s * STEP).cast());
@@ -111,7 +111,7 @@ fn avx2_fixed<const R: usize, const T: usize, const WIDE: bool>(tile: &Tile) -> 
             let mut w_abs = [_mm256_setzero_si256(); R];
             let mut w_scale = [_mm256_setzero_ps(); R];
             for r in 0..R {
-                // SAFETY (loads): `tile.check()` holds the slice lengths and
+                // SAFETY (loads): `tile.check()` guarantees the slice lengths and
                 // `s * HALF_STEP + HALF_STEP <= p`.
                 w[r] = _mm256_loadu_si256(tile.w_codes.as_ptr().add(r * p + s * HALF_STEP).cast());
                 w_scale[r] =

@@ -35,7 +35,8 @@ pub(super) fn dot_row_avx512(
 ) -> f32 {
     let cols = row.len() / ty.block_bytes() * ty.block_elems();
     assert!(x_codes.len() >= cols.div_ceil(STEP) * STEP);
-    assert!(x_scales.len() * LANE >= x_codes.len() && x_sums.len() * GROUP >= x_codes.len());
+    assert!(x_scales.len() * LANE >= x_codes.len());
+    assert!(x_sums.len() * GROUP >= x_codes.len());
     let mut acc = Accumulator::new();
     let full_steps = cols / STEP;
     match ty {
