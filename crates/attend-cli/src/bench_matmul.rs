@@ -308,3 +308,62 @@ fn random_weights(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_args(weight_type: &str, cols: usize) -> BenchMatmulArgs {
+        BenchMatmulArgs {
+            weight_type: weight_type.to_string(),
+            rows: 8,
+            cols,
+            tokens: 3,
+            threads: Some(1),
+            working_set_mib: 1,
+            seconds: 0.01,
+            json: true,
+        }
+    }
+
+    #[test]
+    fn parse_type_ignores_case() {
+        assert_eq!(parse_type("q4_k").unwrap(), GgmlType::Q4_K);
+        assert_eq!(parse_type("BF16").unwrap(), GgmlType::BF16);
+        assert!(matches!(
+            parse_type("q5_1"),
+            Err(BenchMatmulError::UnknownType(_))
+        ));
+    }
+
+    #[test]
+    fn measure_reports_positive_rates() {
+        for weight_type in ["q4_1", "q6_k", "f16"] {
+            let report = measure(&small_args(weight_type, 256), 1).unwrap();
+            assert_eq!(
+                report.weight_copies,
+                (1usize << 20).div_ceil(report.weight_bytes)
+            );
+            for rate in [
+                report.gflops,
+                report.weight_gbytes_per_s,
+                report.copy_gbytes_per_s,
+                report.gemm_f32_gflops,
+            ] {
+                assert!(rate.is_finite() && rate > 0.0, "{weight_type}: rate {rate}");
+            }
+        }
+    }
+
+    #[test]
+    fn measure_rejects_bad_shapes() {
+        let err = measure(&small_args("q4_k", 640), 1).unwrap_err();
+        assert!(err.to_string().contains("cols = 640"), "{err}");
+        let mut args = small_args("q4_1", 64);
+        args.seconds = 0.0;
+        assert!(matches!(
+            measure(&args, 1),
+            Err(BenchMatmulError::Seconds(_))
+        ));
+    }
+}

@@ -24,12 +24,16 @@ enum BenchCommand {
     Matmul(bench_matmul::BenchMatmulArgs),
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Bench(BenchCommand::Matmul(args)) => {
-            bench_matmul::run(&args)?;
+    let result = match cli.command {
+        Command::Bench(BenchCommand::Matmul(args)) => bench_matmul::run(&args).map(|_| ()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::FAILURE
         }
     }
-    Ok(())
 }
