@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 fn available_isas() -> Vec<Isa> {
-    [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni]
+    [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon]
         .into_iter()
         .filter(|isa| isa.is_available())
         .collect()

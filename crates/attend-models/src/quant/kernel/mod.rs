@@ -7,6 +7,8 @@
 //! codes and 4 signed activation codes of that lane. The per-16 offset terms
 //! are added by the caller.
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -24,8 +26,6 @@ pub(super) const MAX_TILE_ROWS: usize = 4;
 pub(super) const MAX_TILE_TOKENS: usize = 4;
 
 /// The instruction set a product kernel uses.
-///
-/// NOTE: there is no NEON kernel yet, so aarch64 runs the portable kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
     /// Plain Rust integer arithmetic; runs everywhere.
@@ -34,12 +34,14 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F, BW and VNNI (`vpdpbusd` products), with F16C.
     Avx512Vnni,
+    /// aarch64 NEON (widening `smull` products).
+    Neon,
 }
 
 impl Isa {
     /// Detects the fastest instruction set this CPU supports.
     pub fn detect() -> Isa {
-        [Isa::Avx512Vnni, Isa::Avx2]
+        [Isa::Avx512Vnni, Isa::Avx2, Isa::Neon]
             .into_iter()
             .find(|isa| isa.is_available())
             .unwrap_or(Isa::Portable)
@@ -60,13 +62,17 @@ impl Isa {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512Vnni => false,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Neon => false,
         }
     }
 
     /// Tokens per kernel call that keep this ISA's accumulators in registers.
     pub(super) fn tile_tokens(self) -> usize {
         match self {
-            Isa::Avx512Vnni | Isa::Portable => 4,
+            Isa::Avx512Vnni | Isa::Neon | Isa::Portable => 4,
             Isa::Avx2 => 2,
         }
     }
@@ -87,6 +93,7 @@ pub(super) struct Tile<'a> {
     pub rows: usize,
     pub tokens: usize,
     /// Whether codes reach 255 (Q8_0), which `vpmaddubsw` would saturate.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub wide_codes: bool,
 }
 
@@ -122,6 +129,12 @@ pub(super) fn dot_tile(isa: Isa, tile: &Tile) -> [[f32; MAX_TILE_TOKENS]; MAX_TI
         Isa::Avx2 | Isa::Avx512Vnni => {
             unreachable!("x86 kernels requested on another architecture")
         }
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the caller checked `Isa::Neon.is_available()`, and
+        // `tile.check()` above guarantees the slice lengths the kernel reads.
+        Isa::Neon => unsafe { neon::dot_tile_neon(tile) },
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Neon => unreachable!("the NEON kernel requested on another architecture"),
     }
 }
 
@@ -139,6 +152,7 @@ pub(super) fn has_row_kernel(isa: Isa) -> bool {
 /// `x_sums: [padded / 16]`.
 ///
 /// The caller has checked that `isa` is available and [`has_row_kernel`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(super) fn dot_row(
     isa: Isa,
     ty: GgmlType,
@@ -288,7 +302,7 @@ mod tests {
     #[test]
     fn simd_unpack_matches_portable() {
         let mut rng = StdRng::seed_from_u64(3);
-        for isa in [Isa::Avx2, Isa::Avx512Vnni]
+        for isa in [Isa::Avx2, Isa::Avx512Vnni, Isa::Neon]
             .into_iter()
             .filter(|isa| isa.is_available())
         {
