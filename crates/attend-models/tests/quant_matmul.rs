@@ -294,3 +294,38 @@ fn non_finite_activations_give_nan() {
         }
     }
 }
+
+#[test]
+fn float_weights_over_several_panels() {
+    // 130 rows span three 64-row panels of the F16/BF16 path; F32 bytes at
+    // an odd address cannot be viewed as f32 and take the same path.
+    let (rows, cols, tokens) = (130, 72, 5);
+    let mut rng = StdRng::seed_from_u64(21);
+    for ty in FLOAT {
+        let bytes = random_weights(ty, rows, cols, &mut rng);
+        let mut shifted = vec![0u8; bytes.len() + 1];
+        shifted[1..].copy_from_slice(&bytes);
+        let x = random_activations(tokens, cols, &mut rng);
+        let w_f32 = dequantize_all(ty, &bytes, rows, cols);
+        let exact = reference_product(&w_f32, &x, rows, cols, tokens);
+        for data in [&bytes[..], &shifted[1..]] {
+            let w = QuantMatrix::new(ty, data, rows, cols).unwrap();
+            let mut out = vec![f32::NAN; tokens * rows];
+            matmul(&w, &x, tokens, &mut out).unwrap();
+            for t in 0..tokens {
+                for r in 0..rows {
+                    // f32 accumulation of `cols` products: at most cols * eps * sum |w x|.
+                    let magnitude: f64 = (0..cols)
+                        .map(|c| (w_f32[r * cols + c] * x[t * cols + c]).abs() as f64)
+                        .sum();
+                    let bound = cols as f64 * f32::EPSILON as f64 * magnitude;
+                    let (got, want) = (out[t * rows + r] as f64, exact[t * rows + r]);
+                    assert!(
+                        (got - want).abs() <= bound,
+                        "{ty} out[{t}, {r}]: {got} vs {want}, bound {bound:e}"
+                    );
+                }
+            }
+        }
+    }
+}
