@@ -2,7 +2,10 @@
 
 mod quant_support;
 
-use attend_models::quant::{matmul, matmul_with_isa, Isa, QuantError, QuantMatrix};
+use attend_models::quant::{
+    matmul, matmul_prequantized, matmul_with_isa, Isa, QuantError, QuantMatrix,
+    QuantizedActivations,
+};
 use attend_models::GgmlType;
 use proptest::prelude::*;
 use quant_support::*;
@@ -328,4 +331,50 @@ fn float_weights_over_several_panels() {
             }
         }
     }
+}
+
+#[test]
+fn prequantized_matches_matmul() {
+    let mut rng = StdRng::seed_from_u64(31);
+    let (cols, tokens) = (512, 3);
+    let x = random_activations(tokens, cols, &mut rng);
+    for ty in QUANTIZED {
+        let rows = 7;
+        let bytes = random_weights(ty, rows, cols, &mut rng);
+        let w = QuantMatrix::new(ty, &bytes, rows, cols).unwrap();
+        let acts = QuantizedActivations::quantize(&x, tokens, cols, ty).unwrap();
+        for isa in available_isas() {
+            let mut direct = vec![0.0; tokens * rows];
+            let mut reused = vec![0.0; tokens * rows];
+            matmul_with_isa(&w, &x, tokens, &mut direct, isa).unwrap();
+            matmul_prequantized(&w, &acts, &mut reused, isa).unwrap();
+            assert_eq!(direct, reused, "{ty} {isa:?}");
+        }
+    }
+}
+
+#[test]
+fn prequantized_block_mismatch_rejected() {
+    let mut rng = StdRng::seed_from_u64(32);
+    let x = random_activations(1, 256, &mut rng);
+    let acts = QuantizedActivations::quantize(&x, 1, 256, GgmlType::Q4_1).unwrap();
+    let bytes = random_weights(GgmlType::Q4_K, 2, 256, &mut rng);
+    let w = QuantMatrix::new(GgmlType::Q4_K, &bytes, 2, 256).unwrap();
+    let err = matmul_prequantized(&w, &acts, &mut [0.0; 2], Isa::Portable).unwrap_err();
+    assert_eq!(
+        err,
+        QuantError::ActivationBlock {
+            ty: GgmlType::Q4_K,
+            weight_block_elems: 256,
+            activation_block_elems: 32
+        }
+    );
+
+    let bytes = random_weights(GgmlType::Q8_0, 2, 128, &mut rng);
+    let w = QuantMatrix::new(GgmlType::Q8_0, &bytes, 2, 128).unwrap();
+    let err = matmul_prequantized(&w, &acts, &mut [0.0; 2], Isa::Portable).unwrap_err();
+    assert!(
+        matches!(err, QuantError::BufferLength { name: "acts", .. }),
+        "{err:?}"
+    );
 }

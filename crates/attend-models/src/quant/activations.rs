@@ -16,6 +16,7 @@ pub struct QuantizedActivations {
     tokens: usize,
     cols: usize,
     padded: usize,
+    block_elems: usize,
     /// `[tokens, padded]`, zero past `cols`
     pub(super) codes: Vec<i8>,
     /// `[tokens, padded / LANE]`: the block scale repeated per 4 codes, zero past `cols`
@@ -77,6 +78,7 @@ impl QuantizedActivations {
             tokens,
             cols,
             padded,
+            block_elems,
             codes: vec![0; tokens * padded],
             lane_scales: vec![0.0; tokens * padded / LANE],
             group_sums: vec![0.0; tokens * padded / GROUP],
@@ -102,6 +104,11 @@ impl QuantizedActivations {
 
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// Values per activation scale: 32 or 256.
+    pub fn block_elems(&self) -> usize {
+        self.block_elems
     }
 
     /// The values the codes stand for, `scale * code`, as `[tokens, cols]`.

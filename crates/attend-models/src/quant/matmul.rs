@@ -173,6 +173,59 @@ pub fn matmul_with_isa(
     Ok(())
 }
 
+/// Computes `out[t, r] = sum_c W[r, c] * x_hat[t, c]` from activations
+/// quantised beforehand, so that several projections of the same input
+/// (query, key and value, or gate and up) quantise it once.
+///
+/// # Shapes
+/// `w: [rows, cols]`, `acts: [tokens, cols]`, `out: [tokens, rows]`.
+///
+/// # Errors
+/// [`QuantError::UnsupportedType`] for float weights (use [`matmul`]),
+/// [`QuantError::ActivationBlock`] when `acts` was quantised for weights
+/// with another block size, [`QuantError::BufferLength`] when the shapes
+/// disagree, and [`QuantError::IsaUnavailable`].
+pub fn matmul_prequantized(
+    w: &QuantMatrix,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+    isa: Isa,
+) -> Result<(), QuantError> {
+    if !isa.is_available() {
+        return Err(QuantError::IsaUnavailable { isa });
+    }
+    if !w.ty.is_quantized() {
+        return Err(QuantError::UnsupportedType { ty: w.ty });
+    }
+    if acts.block_elems() != w.ty.block_elems() {
+        return Err(QuantError::ActivationBlock {
+            ty: w.ty,
+            weight_block_elems: w.ty.block_elems(),
+            activation_block_elems: acts.block_elems(),
+        });
+    }
+    let (rows, cols, tokens) = (w.rows, w.cols, acts.tokens());
+    if acts.cols() != cols {
+        return Err(QuantError::BufferLength {
+            name: "acts",
+            dim0: tokens,
+            dim1: cols,
+            expected: tokens * cols,
+            actual: tokens * acts.cols(),
+        });
+    }
+    check_f32_len("out", out.len(), tokens, rows)?;
+    if tokens == 0 || rows == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    matmul_quantized(w, acts, out, isa);
+    Ok(())
+}
+
 fn check_f32_len(
     name: &'static str,
     actual: usize,
