@@ -134,7 +134,7 @@ pub fn matmul(
     matmul_with_isa(w, x, tokens, out, Isa::detect())
 }
 
-/// [`matmul`] with the integer kernel chosen by the caller (float weights
+/// Computes [`matmul`] with the integer kernel chosen by the caller (float weights
 /// ignore `isa`); tests use it to run the portable kernel on any CPU.
 ///
 /// # Shapes
@@ -291,10 +291,10 @@ fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32
                     let tile_tokens = isa.tile_tokens().min(token_range.end - t0);
                     let sums = run_tile(isa, w.ty, &unpacked, acts, tile_rows, t0, tile_tokens);
 
-                    // Add the per-16 offset terms and store.
+                    // Store the tile.
                     for (r, sums_r) in sums.iter().enumerate().take(tile_rows) {
                         for (t, &sum) in sums_r.iter().enumerate().take(tile_tokens) {
-                            let value = sum + offset_term(&unpacked, r, acts, t0 + t);
+                            let value = sum;
                             // SAFETY: (t0 + t, r0 + r) lies in this task's row
                             // tiles and token chunk, which no other task covers,
                             // and inside `out: [tokens, rows]`.
@@ -347,29 +347,16 @@ fn run_tile(
     let tile = Tile {
         w_codes: &unpacked.codes,
         w_scales: &unpacked.lane_scales,
+        w_offsets: &unpacked.group_offsets,
         x_codes: &acts.codes[t0 * p..],
         x_scales: &acts.lane_scales[t0 * p / LANE..],
+        x_sums: &acts.group_sums[t0 * p / GROUP..],
         padded: p,
         rows,
         tokens,
         wide_codes: ty == GgmlType::Q8_0,
     };
     dot_tile(isa, &tile)
-}
-
-/// `sum_g offset[r, g] * x_sum[t, g]`: the part of the product that comes
-/// from the weights' offsets, with four partial sums so it vectorises.
-fn offset_term(unpacked: &UnpackedRows, r: usize, acts: &QuantizedActivations, t: usize) -> f32 {
-    let groups = unpacked.padded / GROUP;
-    let offsets = &unpacked.group_offsets[r * groups..(r + 1) * groups];
-    let sums = &acts.group_sums[t * groups..(t + 1) * groups];
-    let mut partial = [0.0f32; 4];
-    for (o, s) in offsets.chunks_exact(4).zip(sums.chunks_exact(4)) {
-        for i in 0..4 {
-            partial[i] += o[i] * s[i];
-        }
-    }
-    (partial[0] + partial[1]) + (partial[2] + partial[3])
 }
 
 /// `out` shared by tasks that write disjoint elements.

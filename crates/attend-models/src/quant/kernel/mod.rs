@@ -2,10 +2,14 @@
 //! quantised tokens, with runtime instruction-set dispatch in [`dot_tile`].
 //!
 //! A kernel computes, for each row `r` and token `t` of the tile,
-//! `sum_lane idot(lane) * w_scale[r, lane] * x_scale[t, lane]`, where
-//! `idot(lane)` is the exact integer dot product of the 4 unsigned weight
-//! codes and 4 signed activation codes of that lane. The per-16 offset terms
-//! are added by the caller.
+//!
+//! ```text
+//! sum_lane idot(lane) * w_scale[r, lane] * x_scale[t, lane]
+//!   + sum_group w_offset[r, group] * x_sum[t, group]
+//! ```
+//!
+//! where `idot(lane)` is the exact integer dot product of the 4 unsigned
+//! weight codes and 4 signed activation codes of that lane.
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -85,10 +89,14 @@ pub(super) struct Tile<'a> {
     pub w_codes: &'a [u8],
     /// `[rows, padded / 4]`
     pub w_scales: &'a [f32],
+    /// `[rows, padded / 16]`
+    pub w_offsets: &'a [f32],
     /// `[tokens, padded]`
     pub x_codes: &'a [i8],
     /// `[tokens, padded / 4]`
     pub x_scales: &'a [f32],
+    /// `[tokens, padded / 16]`
+    pub x_sums: &'a [f32],
     pub padded: usize,
     pub rows: usize,
     pub tokens: usize,
@@ -107,6 +115,8 @@ impl Tile<'_> {
         assert!(self.w_scales.len() >= self.rows * self.padded / 4);
         assert!(self.x_codes.len() >= self.tokens * self.padded);
         assert!(self.x_scales.len() >= self.tokens * self.padded / 4);
+        assert!(self.w_offsets.len() >= self.rows * self.padded / 16);
+        assert!(self.x_sums.len() >= self.tokens * self.padded / 16);
     }
 }
 

@@ -13,7 +13,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::{dispatch_tile_shape, widen, Tile, MAX_TILE_ROWS, MAX_TILE_TOKENS};
-use crate::quant::unpack::LANE;
+use crate::quant::unpack::{GROUP, LANE};
 use std::arch::aarch64::*;
 
 type TileSums = [[f32; MAX_TILE_TOKENS]; MAX_TILE_ROWS];
@@ -59,6 +59,22 @@ fn neon_fixed<const R: usize, const T: usize>(tile: &Tile) -> TileSums {
                     let idot = vaddq_s32(vpaddq_s32(low, high), x_bias_sum);
                     let scale = vmulq_f32(w_scale[r], x_scale);
                     acc[r][t] = vfmaq_f32(acc[r][t], vcvtq_f32_s32(idot), scale);
+                }
+            }
+        }
+
+        // The offsets times the activation sums, 4 groups at a time (the
+        // padded length is a multiple of 64, so groups come in fours).
+        let groups = p / GROUP;
+        for g in (0..groups).step_by(4) {
+            let mut w_offset = [vdupq_n_f32(0.0); R];
+            for r in 0..R {
+                w_offset[r] = vld1q_f32(tile.w_offsets.as_ptr().add(r * groups + g));
+            }
+            for t in 0..T {
+                let x_sum = vld1q_f32(tile.x_sums.as_ptr().add(t * groups + g));
+                for r in 0..R {
+                    acc[r][t] = vfmaq_f32(acc[r][t], w_offset[r], x_sum);
                 }
             }
         }
