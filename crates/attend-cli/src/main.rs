@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_attention;
+mod bench_matmul;
 mod kv_plan;
 
 /// Counts heap bytes so that benchmarks can report the peak extra memory of a call.
@@ -31,6 +32,8 @@ enum Command {
 enum BenchCommand {
     /// Time the tiled attention kernel (or the f64 oracle) on random inputs.
     Attention(bench_attention::BenchAttentionArgs),
+    /// Quantized matrix products against memory copy and f32 GEMM.
+    Matmul(bench_matmul::BenchMatmulArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,9 @@ fn main() -> ExitCode {
         Command::KvPlan(args) => kv_plan::run(args),
         Command::Bench(BenchCommand::Attention(args)) => {
             bench_attention::run(args, &ALLOCATOR).map_err(|e| e.to_string())
+        }
+        Command::Bench(BenchCommand::Matmul(args)) => {
+            bench_matmul::run(args).map(|_| ()).map_err(|e| e.to_string())
         }
     };
     match result {

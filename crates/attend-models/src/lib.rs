@@ -4,6 +4,7 @@ pub mod chat;
 pub mod ggml_type;
 pub mod gguf;
 pub mod ops;
+pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
 

@@ -1,0 +1,395 @@
+//! Products of a quantized weight matrix with f32 activations.
+
+use super::activations::QuantizedActivations;
+use super::dequant::{check_row_bytes, dequantize};
+use super::float::matmul_float;
+use super::kernel::{
+    dot_row, dot_tile, has_row_kernel, prefetch, unpack_rows, Isa, Tile, MAX_TILE_ROWS,
+};
+use super::unpack::{UnpackedRows, GROUP, LANE};
+use super::QuantError;
+use crate::GgmlType;
+use rayon::prelude::*;
+
+/// Tokens one task covers at most. With 2048 columns their quantised codes
+/// and scales take about 256 KiB, which stays in L2 across the task's rows.
+const TOKEN_CHUNK: usize = 64;
+/// Rows ahead of the current tile whose bytes are prefetched.
+const PREFETCH_ROWS_AHEAD: usize = 2 * MAX_TILE_ROWS;
+/// Tasks per rayon thread, so uneven tasks still balance.
+const TASKS_PER_THREAD: usize = 8;
+
+/// A row-major weight matrix `W: [rows, cols]` stored as ggml blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantMatrix<'a> {
+    ty: GgmlType,
+    data: &'a [u8],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> QuantMatrix<'a> {
+    /// Wraps the bytes of a `[rows, cols]` matrix of type `ty`, each row a
+    /// whole number of blocks, rows back to back (the GGUF layout of a
+    /// tensor with dims `[cols, rows]`).
+    ///
+    /// # Shapes
+    /// `data: [rows * ty.bytes_for(cols)]`.
+    ///
+    /// # Errors
+    /// [`QuantError::UnsupportedType`], [`QuantError::ColsNotBlockMultiple`],
+    /// [`QuantError::ShapeOverflow`], or [`QuantError::ByteLength`] when
+    /// `data` is not exactly `rows` rows long.
+    pub fn new(ty: GgmlType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self, QuantError> {
+        let elems = rows.checked_mul(cols).ok_or(QuantError::ShapeOverflow {
+            name: "weight",
+            dim0: rows,
+            dim1: cols,
+        })?;
+        // Each row, not only the whole matrix, must be a whole number of blocks.
+        let block_elems = ty.block_elems();
+        if !cols.is_multiple_of(block_elems) {
+            return Err(QuantError::ColsNotBlockMultiple {
+                ty,
+                cols,
+                block_elems,
+            });
+        }
+        check_row_bytes(ty, data.len(), elems)?;
+        Ok(QuantMatrix {
+            ty,
+            data,
+            rows,
+            cols,
+        })
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_elems() * self.ty.block_bytes()
+    }
+
+    /// Dequantises row `row_idx` into `out`.
+    ///
+    /// # Shapes
+    /// `out: [cols]`.
+    ///
+    /// # Errors
+    /// [`QuantError::BufferLength`] when `row_idx >= rows` or `out.len() != cols`.
+    pub fn dequantize_row(&self, row_idx: usize, out: &mut [f32]) -> Result<(), QuantError> {
+        if row_idx >= self.rows || out.len() != self.cols {
+            return Err(QuantError::BufferLength {
+                name: "dequantized row",
+                dim0: row_idx,
+                dim1: self.cols,
+                expected: self.cols,
+                actual: out.len(),
+            });
+        }
+        let row_bytes = self.row_bytes();
+        dequantize(
+            self.ty,
+            &self.data[row_idx * row_bytes..(row_idx + 1) * row_bytes],
+            out,
+        )
+    }
+}
+
+/// Computes `out[t, r] = sum_c W[r, c] * x[t, c]` with the fastest kernel
+/// this CPU supports, on the current rayon pool.
+///
+/// Quantized weights are multiplied by the activations quantised to 8 bits
+/// ([`QuantizedActivations`]), so each output differs from the exact product
+/// by at most `sum_c |W[r, c]| * max|x| / 254` (the maximum over `c`'s
+/// activation block) plus f32 rounding. Float weights go through `gemm`.
+///
+/// # Shapes
+/// `w: [rows, cols]`, `x: [tokens, cols]`, `out: [tokens, rows]`, row-major.
+///
+/// # Errors
+/// [`QuantError::BufferLength`] when `x` or `out` disagree with the shapes,
+/// [`QuantError::ShapeOverflow`] when a shape's element count overflows.
+pub fn matmul(
+    w: &QuantMatrix,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    matmul_with_isa(w, x, tokens, out, Isa::detect())
+}
+
+/// Computes [`matmul`] with the integer kernel chosen by the caller (float weights
+/// ignore `isa`); tests use it to run the portable kernel on any CPU.
+///
+/// # Shapes
+/// As for [`matmul`].
+///
+/// # Errors
+/// As for [`matmul`], and [`QuantError::IsaUnavailable`] when this CPU
+/// lacks `isa`.
+pub fn matmul_with_isa(
+    w: &QuantMatrix,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+    isa: Isa,
+) -> Result<(), QuantError> {
+    if !isa.is_available() {
+        return Err(QuantError::IsaUnavailable { isa });
+    }
+    let (rows, cols) = (w.rows, w.cols);
+    check_f32_len("x", x.len(), tokens, cols)?;
+    check_f32_len("out", out.len(), tokens, rows)?;
+    if tokens == 0 || rows == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+
+    if !w.ty.is_quantized() {
+        matmul_float(w, x, tokens, out);
+        return Ok(());
+    }
+    let acts = QuantizedActivations::quantize(x, tokens, cols, w.ty)?;
+    matmul_quantized(w, &acts, out, isa);
+    Ok(())
+}
+
+/// Computes `out[t, r] = sum_c W[r, c] * x_hat[t, c]` from activations
+/// quantised beforehand, so that several projections of the same input
+/// (query, key and value, or gate and up) quantise it once.
+///
+/// # Shapes
+/// `w: [rows, cols]`, `acts: [tokens, cols]`, `out: [tokens, rows]`.
+///
+/// # Errors
+/// [`QuantError::UnsupportedType`] for float weights (use [`matmul`]),
+/// [`QuantError::ActivationBlock`] when `acts` was quantised for weights
+/// with another block size, [`QuantError::BufferLength`] when the shapes
+/// disagree, and [`QuantError::IsaUnavailable`].
+pub fn matmul_prequantized(
+    w: &QuantMatrix,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+    isa: Isa,
+) -> Result<(), QuantError> {
+    if !isa.is_available() {
+        return Err(QuantError::IsaUnavailable { isa });
+    }
+    if !w.ty.is_quantized() {
+        return Err(QuantError::UnsupportedType { ty: w.ty });
+    }
+    if acts.block_elems() != w.ty.block_elems() {
+        return Err(QuantError::ActivationBlock {
+            ty: w.ty,
+            weight_block_elems: w.ty.block_elems(),
+            activation_block_elems: acts.block_elems(),
+        });
+    }
+    let (rows, cols, tokens) = (w.rows, w.cols, acts.tokens());
+    if acts.cols() != cols {
+        return Err(QuantError::BufferLength {
+            name: "acts",
+            dim0: tokens,
+            dim1: cols,
+            expected: tokens * cols,
+            actual: tokens * acts.cols(),
+        });
+    }
+    check_f32_len("out", out.len(), tokens, rows)?;
+    if tokens == 0 || rows == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    matmul_quantized(w, acts, out, isa);
+    Ok(())
+}
+
+fn check_f32_len(
+    name: &'static str,
+    actual: usize,
+    dim0: usize,
+    dim1: usize,
+) -> Result<(), QuantError> {
+    let expected = dim0
+        .checked_mul(dim1)
+        .ok_or(QuantError::ShapeOverflow { name, dim0, dim1 })?;
+    if actual != expected {
+        return Err(QuantError::BufferLength {
+            name,
+            dim0,
+            dim1,
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Computes the quantized product over a grid of tasks. Each task takes a range of
+/// row tiles and a chunk of tokens, unpacks each row tile once and runs the
+/// kernel over every token tile of its chunk.
+fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
+    let (rows, cols, tokens) = (w.rows, w.cols, acts.tokens());
+    let row_bytes = w.row_bytes();
+    if tokens == 1 && has_row_kernel(isa) {
+        matvec_direct(w, acts, out, isa);
+        return;
+    }
+    let row_tiles = rows.div_ceil(MAX_TILE_ROWS);
+    let token_chunks = tokens.div_ceil(TOKEN_CHUNK);
+    let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
+    let tiles_per_task = (row_tiles * token_chunks)
+        .div_ceil(target_tasks)
+        .clamp(1, row_tiles);
+    let row_tasks = row_tiles.div_ceil(tiles_per_task);
+
+    let shared_out = SharedOut::new(out);
+    (0..row_tasks * token_chunks)
+        .into_par_iter()
+        .for_each(|task_idx| {
+            let (row_task, token_chunk) = (task_idx / token_chunks, task_idx % token_chunks);
+            let tile_range =
+                row_task * tiles_per_task..((row_task + 1) * tiles_per_task).min(row_tiles);
+            let token_range =
+                token_chunk * TOKEN_CHUNK..((token_chunk + 1) * TOKEN_CHUNK).min(tokens);
+            let mut unpacked = UnpackedRows::default();
+            unpacked.reset(MAX_TILE_ROWS, cols);
+
+            for row_tile in tile_range {
+                // Unpack up to four weight rows.
+                let r0 = row_tile * MAX_TILE_ROWS;
+                let tile_rows = MAX_TILE_ROWS.min(rows - r0);
+                let tile_bytes = &w.data[r0 * row_bytes..(r0 + tile_rows) * row_bytes];
+                unpack_rows(isa, w.ty, tile_bytes, row_bytes, &mut unpacked);
+                let ahead = (r0 + PREFETCH_ROWS_AHEAD).min(rows)
+                    ..(r0 + PREFETCH_ROWS_AHEAD + MAX_TILE_ROWS).min(rows);
+                prefetch(&w.data[ahead.start * row_bytes..ahead.end * row_bytes]);
+
+                for t0 in token_range.clone().step_by(isa.tile_tokens()) {
+                    let tile_tokens = isa.tile_tokens().min(token_range.end - t0);
+                    let sums = run_tile(isa, w.ty, &unpacked, acts, tile_rows, t0, tile_tokens);
+
+                    // Store the tile.
+                    for (r, sums_r) in sums.iter().enumerate().take(tile_rows) {
+                        for (t, &sum) in sums_r.iter().enumerate().take(tile_tokens) {
+                            let value = sum;
+                            // SAFETY: (t0 + t, r0 + r) lies in this task's row
+                            // tiles and token chunk, which no other task covers,
+                            // and inside `out: [tokens, rows]`.
+                            unsafe { shared_out.write((t0 + t) * rows + r0 + r, value) };
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Computes the single-token product, decoding each row in registers.
+/// `out: [rows]`.
+fn matvec_direct(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
+    let row_bytes = w.row_bytes();
+    let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
+    let chunk_rows = w.rows.div_ceil(target_tasks).max(MAX_TILE_ROWS);
+    out.par_chunks_mut(chunk_rows)
+        .enumerate()
+        .for_each(|(chunk_idx, out_chunk)| {
+            let r0 = chunk_idx * chunk_rows;
+            for (i, value) in out_chunk.iter_mut().enumerate() {
+                let r = r0 + i;
+                let ahead = (r + PREFETCH_ROWS_AHEAD).min(w.rows);
+                prefetch(&w.data[ahead * row_bytes..(ahead + 1).min(w.rows) * row_bytes]);
+                let row = &w.data[r * row_bytes..(r + 1) * row_bytes];
+                *value = dot_row(
+                    isa,
+                    w.ty,
+                    row,
+                    &acts.codes,
+                    &acts.lane_scales,
+                    &acts.group_sums,
+                );
+            }
+        });
+}
+
+fn run_tile(
+    isa: Isa,
+    ty: GgmlType,
+    unpacked: &UnpackedRows,
+    acts: &QuantizedActivations,
+    rows: usize,
+    t0: usize,
+    tokens: usize,
+) -> [[f32; 4]; 4] {
+    let p = acts.padded();
+    debug_assert_eq!(p, unpacked.padded);
+    let tile = Tile {
+        w_codes: &unpacked.codes,
+        w_scales: &unpacked.lane_scales,
+        w_offsets: &unpacked.group_offsets,
+        x_codes: &acts.codes[t0 * p..],
+        x_scales: &acts.lane_scales[t0 * p / LANE..],
+        x_sums: &acts.group_sums[t0 * p / GROUP..],
+        padded: p,
+        rows,
+        tokens,
+        wide_codes: ty == GgmlType::Q8_0,
+    };
+    dot_tile(isa, &tile)
+}
+
+/// `out` shared by tasks that write disjoint elements.
+pub(super) struct SharedOut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: tasks only write through `write`/`ptr` at indices no other task
+// touches, which each call site states.
+unsafe impl Send for SharedOut<'_> {}
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    pub fn new(out: &'a mut [f32]) -> Self {
+        SharedOut {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    pub fn ptr(&self) -> *mut f32 {
+        self.ptr
+    }
+
+    /// # Safety
+    /// No other thread reads or writes index `i` during the borrow.
+    pub unsafe fn write(&self, i: usize, value: f32) {
+        assert!(i < self.len);
+        // SAFETY: `i < len` keeps the write inside the borrowed slice, and
+        // the caller guarantees exclusive access to it.
+        unsafe { *self.ptr.add(i) = value };
+    }
+}
