@@ -92,7 +92,7 @@ def model_params_without_extra_buffers():
     With them on, the bundled llama.cpp routes matrix products through its AMX
     kernel (ggml_backend_amx_mul_mat), which crashes with SIGSEGV on the
     development machine (Xeon with AMX, llama-cpp-python 0.3.36). Turning them off
-    keeps the ordinary CPU kernels, which quantise activations the same way.
+    keeps llama.cpp's ordinary CPU kernels.
     """
     params = DEFAULT_MODEL_PARAMS()
     params.use_extra_bufts = False
@@ -137,12 +137,12 @@ def run_settings(flash_attn, kv_f32, swa_full):
 
 
 def tokenize(llm, text, parse_special):
-    # add_bos=True asks for the file's own rule (tokenizer.ggml.add_bos_token).
+    # add_bos=True applies the file's own rule (tokenizer.ggml.add_bos_token).
     return llm.tokenize(text.encode("utf-8"), add_bos=True, special=parse_special)
 
 
 def teacher_forced_logits(llm, ids):
-    """Evaluate `ids` from an empty cache; row i holds the logits after ids[..=i]."""
+    """Evaluate `ids` from an empty cache. Row i contains the logits after ids[..=i]."""
     llm.reset()
     llm.eval(ids)
     return np.array(llm.scores[: len(ids)], dtype=np.float32)
@@ -191,7 +191,7 @@ def teacher_forced_record(llm, text, row_positions, row_stride):
 
 
 def compare_logits(primary, other):
-    """Agreement of a second llama.cpp configuration with the primary one."""
+    """Measure how far a second llama.cpp configuration is from the primary one."""
     top1_primary = primary.argmax(axis=1)
     top1_other = other.argmax(axis=1)
     return {

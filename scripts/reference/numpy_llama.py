@@ -29,8 +29,9 @@ Usage (from the repository root, after llama_cpp_reference.py):
 
 It reads the token ids and prompts from smollm2_llamacpp.json, so both
 references score the same tokens, and writes smollm2_numpy.json and
-smollm2_numpy_fullrow.json. It also runs llama.cpp on the same ids to record
-how far llama.cpp is from this reference.
+smollm2_numpy_fullrow.json. It also runs llama.cpp and transformers (which
+un-permutes Q and K and uses half-split RoPE) on the same ids and records how
+far each is from this reference.
 """
 
 import os
@@ -154,7 +155,7 @@ class LlamaNumpy:
 
 
 def compare_with_llamacpp(exact, approx):
-    """How far llama.cpp's logits are from the float64 reference, on the same ids."""
+    """Measure how far llama.cpp's logits are from the float64 reference on the same ids."""
     diff = np.abs(exact - approx)
     top1_exact = exact.argmax(axis=1)
     top1_approx = approx.argmax(axis=1)
@@ -184,6 +185,35 @@ def compare_with_llamacpp(exact, approx):
         "max_abs_logprob_diff_top5": round_sig(
             np.take_along_axis(logprob_diff, top5_exact, 1).max(), 4
         ),
+    }
+
+
+def transformers_logits(path, ids):
+    """Logits from Hugging Face transformers' own Llama code on the same GGUF file.
+
+    transformers un-permutes the Q and K rows and uses half-split RoPE, so its
+    agreement with this script checks the permutation and RoPE layout above.
+    Its GGUF kernels compute in float32.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    torch.set_num_threads(2)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double().numpy()
+    return logits, transformers.__version__, torch.__version__
+
+
+def compare_with_transformers(exact, other):
+    diff = np.abs(exact - other)
+    return {
+        "top1_agreement": float((exact.argmax(axis=1) == other.argmax(axis=1)).mean()),
+        "max_abs_logit_diff": llama_ref.round_sig(diff.max(), 4),
+        "mean_abs_logit_diff": llama_ref.round_sig(diff.mean(), 4),
     }
 
 
@@ -218,6 +248,9 @@ def main():
     teacher["check_vs_llamacpp"] = compare_with_llamacpp(
         logits, llama_ref.teacher_forced_logits(llm, ids)
     )
+    hf_logits, hf_version, torch_version = transformers_logits(path, ids)
+    teacher["check_vs_transformers_float32"] = compare_with_transformers(logits, hf_logits)
+    del hf_logits
     eog_ids = {
         token
         for token in range(llm.n_vocab())
@@ -247,6 +280,8 @@ def main():
             "python": platform.python_version(),
             "numpy": np.__version__,
             "gguf": importlib.metadata.version("gguf"),
+            "transformers_for_check": hf_version,
+            "torch_for_check": torch_version,
         },
         "settings": {
             "dtype": "float64",
@@ -279,6 +314,7 @@ def main():
         },
     )
     print(json.dumps(teacher["check_vs_llamacpp"]), file=sys.stderr)
+    print(json.dumps(teacher["check_vs_transformers_float32"]), file=sys.stderr)
     print(json.dumps([(c["name"], c["same_as_llamacpp"]) for c in cases]), file=sys.stderr)
 
 
