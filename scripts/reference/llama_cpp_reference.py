@@ -283,7 +283,13 @@ def perplexity(llm, text, n_ctx):
     """
     tokens = tokenize(llm, text, parse_special=False)
     add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llm._model.vocab))
-    bos = llm.token_bos()
+    return perplexity_of_tokens(
+        tokens, add_bos, llm.token_bos(), n_ctx, lambda chunk: teacher_forced_logits(llm, chunk)
+    )
+
+
+def perplexity_of_tokens(tokens, add_bos, bos, n_ctx, chunk_logits):
+    """Score `tokens` as `perplexity` describes, with `chunk_logits(chunk) -> [n_ctx, vocab]`."""
     n_chunks = len(tokens) // n_ctx
     first = n_ctx // 2
     nll_sum, nll2_sum, count = 0.0, 0.0, 0
@@ -293,7 +299,7 @@ def perplexity(llm, text, n_ctx):
         chunk = list(tokens[start : start + n_ctx])
         if add_bos:
             chunk[0] = bos
-        logits = teacher_forced_logits(llm, chunk).astype(np.float64)
+        logits = np.asarray(chunk_logits(chunk), dtype=np.float64)
         for i in range(first, n_ctx - 1):
             row = logits[i]
             target = tokens[start + i + 1]

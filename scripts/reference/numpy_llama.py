@@ -56,6 +56,7 @@ FIXTURE_DIR = llama_ref.FIXTURE_DIR
 REPO_ROOT = llama_ref.REPO_ROOT
 ROW_STRIDE = 16
 FULL_ROW_DECIMALS = 2
+PPL_N_CTX = 512
 
 
 class LlamaNumpy:
@@ -248,6 +249,15 @@ def main():
     teacher["check_vs_llamacpp"] = compare_with_llamacpp(
         logits, llama_ref.teacher_forced_logits(llm, ids)
     )
+    # Perplexity of ppl_text.txt by llama.cpp's method, with exact arithmetic.
+    ppl_tokens = llama_ref.tokenize(
+        llm, llama_ref.PPL_TEXT_PATH.read_text(encoding="utf-8"), parse_special=False
+    )
+    add_bos = bool(llama_ref.llama_cpp.llama_vocab_get_add_bos(llm._model.vocab))
+    perplexity = llama_ref.perplexity_of_tokens(
+        ppl_tokens, add_bos, llm.token_bos(), PPL_N_CTX, model.forward
+    )
+
     hf_logits, hf_version, torch_version = transformers_logits(path, ids)
     teacher["check_vs_transformers_float32"] = compare_with_transformers(logits, hf_logits)
     del hf_logits
@@ -298,6 +308,7 @@ def main():
             "model": source["model"],
             "teacher_forced": teacher,
             "greedy": cases,
+            "perplexity": perplexity,
         },
     )
 
@@ -315,6 +326,7 @@ def main():
     )
     print(json.dumps(teacher["check_vs_llamacpp"]), file=sys.stderr)
     print(json.dumps(teacher["check_vs_transformers_float32"]), file=sys.stderr)
+    print(json.dumps(perplexity), file=sys.stderr)
     print(json.dumps([(c["name"], c["same_as_llamacpp"]) for c in cases]), file=sys.stderr)
 
 
