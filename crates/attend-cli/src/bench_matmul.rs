@@ -27,9 +27,10 @@ pub struct BenchMatmulArgs {
     /// Threads in the rayon pool (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Bytes of weight copies the product cycles through, in MiB, so that
-    /// weights come from memory rather than cache as in a full model.
-    #[arg(long, default_value_t = 256)]
+    /// Bytes of weight copies the product cycles through, and of the copy
+    /// baseline's source, in MiB; larger than the last-level cache, so that
+    /// both read memory rather than cache.
+    #[arg(long, default_value_t = 1024)]
     pub working_set_mib: usize,
     /// Seconds each measurement repeats for.
     #[arg(long, default_value_t = 1.0)]
@@ -64,7 +65,7 @@ pub struct Timing {
     pub runs: usize,
 }
 
-/// What `attend bench matmul` measured.
+/// The measurements of `attend bench matmul`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchMatmulReport {
     pub weight_type: String,
@@ -133,16 +134,21 @@ fn measure(args: &BenchMatmulArgs, threads: usize) -> Result<BenchMatmulReport, 
     let (rows, cols, tokens) = (args.rows, args.cols, args.tokens);
     let budget = Duration::from_secs_f64(args.seconds);
 
-    // Weight copies that together fill the working set.
+    // Copies of the weights, back to back in one buffer, that together
+    // exceed the caches, so each product streams its weights from memory as
+    // a full model does.
     let first = random_weights(ty, rows, cols, 1);
     QuantMatrix::new(ty, &first, rows, cols)?;
     let weight_bytes = first.len();
     let working_set = args.working_set_mib << 20;
-    let copies = working_set.div_ceil(weight_bytes.max(1)).clamp(1, 64);
-    let mut weights = vec![first];
-    weights.extend((1..copies).map(|i| random_weights(ty, rows, cols, i as u64 + 1)));
-    let matrices: Vec<QuantMatrix> = weights
-        .iter()
+    let copies = working_set.div_ceil(weight_bytes.max(1)).max(1);
+    let mut all_weights = Vec::with_capacity(copies * weight_bytes);
+    for _ in 0..copies {
+        all_weights.extend_from_slice(&first);
+    }
+    drop(first);
+    let matrices: Vec<QuantMatrix> = all_weights
+        .chunks_exact(weight_bytes.max(1))
         .map(|w| QuantMatrix::new(ty, w, rows, cols))
         .collect::<Result<_, _>>()?;
 
@@ -156,6 +162,8 @@ fn measure(args: &BenchMatmulArgs, threads: usize) -> Result<BenchMatmulReport, 
         matmul(&matrices[next % copies], &x, tokens, &mut out).expect("shapes were checked");
         next += 1;
     });
+    drop(matrices);
+    drop(all_weights);
 
     // Memory copy of the working set, in parallel chunks like the product.
     let copy_bytes = working_set.max(weight_bytes);
@@ -298,5 +306,64 @@ fn random_weights(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> 
             }
             bytes
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_args(weight_type: &str, cols: usize) -> BenchMatmulArgs {
+        BenchMatmulArgs {
+            weight_type: weight_type.to_string(),
+            rows: 8,
+            cols,
+            tokens: 3,
+            threads: Some(1),
+            working_set_mib: 1,
+            seconds: 0.01,
+            json: true,
+        }
+    }
+
+    #[test]
+    fn parse_type_ignores_case() {
+        assert_eq!(parse_type("q4_k").unwrap(), GgmlType::Q4_K);
+        assert_eq!(parse_type("BF16").unwrap(), GgmlType::BF16);
+        assert!(matches!(
+            parse_type("q5_1"),
+            Err(BenchMatmulError::UnknownType(_))
+        ));
+    }
+
+    #[test]
+    fn measure_reports_positive_rates() {
+        for weight_type in ["q4_1", "q6_k", "f16"] {
+            let report = measure(&small_args(weight_type, 256), 1).unwrap();
+            assert_eq!(
+                report.weight_copies,
+                (1usize << 20).div_ceil(report.weight_bytes)
+            );
+            for rate in [
+                report.gflops,
+                report.weight_gbytes_per_s,
+                report.copy_gbytes_per_s,
+                report.gemm_f32_gflops,
+            ] {
+                assert!(rate.is_finite() && rate > 0.0, "{weight_type}: rate {rate}");
+            }
+        }
+    }
+
+    #[test]
+    fn measure_rejects_bad_shapes() {
+        let err = measure(&small_args("q4_k", 640), 1).unwrap_err();
+        assert!(err.to_string().contains("cols = 640"), "{err}");
+        let mut args = small_args("q4_1", 64);
+        args.seconds = 0.0;
+        assert!(matches!(
+            measure(&args, 1),
+            Err(BenchMatmulError::Seconds(_))
+        ));
     }
 }

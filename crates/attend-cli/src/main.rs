@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench_attention;
 mod bench_generate;
 mod bench_matmul;
 mod common;
@@ -12,12 +13,12 @@ mod kv_plan;
 mod perplexity;
 mod tokenize;
 
+/// Counts heap bytes so that benchmarks can report the peak extra memory of a call.
+#[global_allocator]
+static ALLOCATOR: bench_attention::CountingAllocator = bench_attention::CountingAllocator::new();
+
 #[derive(Parser)]
-#[command(
-    name = "attend",
-    version,
-    about = "Exact, fast attention and inference on the CPU"
-)]
+#[command(name = "attend", version, about = "Exact, fast attention and inference on the CPU")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,6 +45,8 @@ enum Command {
 enum BenchCommand {
     /// Prefill and decode tokens/s of a GGUF model.
     Generate(bench_generate::BenchGenerateArgs),
+    /// Time the tiled attention kernel (or the f64 oracle) on random inputs.
+    Attention(bench_attention::BenchAttentionArgs),
     /// Quantized matrix products against memory copy and f32 GEMM.
     Matmul(bench_matmul::BenchMatmulArgs),
 }
@@ -64,9 +67,12 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => perplexity::run(args),
         Command::KvPlan(args) => kv_plan::run(args),
         Command::Bench(BenchCommand::Generate(args)) => bench_generate::run(args),
-        Command::Bench(BenchCommand::Matmul(args)) => bench_matmul::run(args)
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        Command::Bench(BenchCommand::Attention(args)) => {
+            bench_attention::run(args, &ALLOCATOR).map_err(|e| e.to_string())
+        }
+        Command::Bench(BenchCommand::Matmul(args)) => {
+            bench_matmul::run(args).map(|_| ()).map_err(|e| e.to_string())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -82,7 +82,7 @@ fn q4_0_every_nibble_position() {
         );
     }
 
-    // Literal values: byte 0 = 0xF0 holds code 0 (element 0) and 15 (element 16).
+    // Literal values: byte 0 = 0xF0 contains code 0 (element 0) and 15 (element 16).
     let mut block = f16_bytes(0.5).to_vec();
     block.extend([0xF0; 16]);
     let out = dequantized(GgmlType::Q4_0, &block);

@@ -2,7 +2,10 @@
 
 mod quant_support;
 
-use attend_models::quant::{matmul, matmul_with_isa, Isa, QuantError, QuantMatrix};
+use attend_models::quant::{
+    matmul, matmul_prequantized, matmul_with_isa, Isa, QuantError, QuantMatrix,
+    QuantizedActivations,
+};
 use attend_models::GgmlType;
 use proptest::prelude::*;
 use quant_support::*;
@@ -10,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 fn available_isas() -> Vec<Isa> {
-    [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni]
+    [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon]
         .into_iter()
         .filter(|isa| isa.is_available())
         .collect()
@@ -175,6 +178,17 @@ fn cols_off_the_block_rejected() {
         }
     );
     assert!(err.to_string().contains("cols = 128"), "{err}");
+
+    // Two rows of 128 make one whole Q4_K block, but each row must be whole.
+    let err = QuantMatrix::new(GgmlType::Q4_K, &[0; 144], 2, 128).unwrap_err();
+    assert_eq!(
+        err,
+        QuantError::ColsNotBlockMultiple {
+            ty: GgmlType::Q4_K,
+            cols: 128,
+            block_elems: 256
+        }
+    );
 }
 
 #[test]
@@ -252,4 +266,115 @@ proptest! {
             prop_assert!(result.is_ok(), "{}", result.unwrap_err());
         }
     }
+}
+
+#[test]
+fn non_finite_activations_give_nan() {
+    let mut rng = StdRng::seed_from_u64(8);
+    for ty in QUANTIZED {
+        let (rows, cols) = (5, 256);
+        let bytes = random_weights(ty, rows, cols, &mut rng);
+        let w = QuantMatrix::new(ty, &bytes, rows, cols).unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            for isa in available_isas() {
+                let mut x = random_activations(2, cols, &mut rng);
+                x[7] = bad;
+                let mut out = vec![0.0; 2 * rows];
+                matmul_with_isa(&w, &x, 2, &mut out, isa).unwrap();
+                for r in 0..rows {
+                    assert!(
+                        out[r].is_nan(),
+                        "{ty} {isa:?} x[7] = {bad}: out[0, {r}] = {}",
+                        out[r]
+                    );
+                    assert!(
+                        out[rows + r].is_finite(),
+                        "{ty} {isa:?}: token 1 out[1, {r}] = {}",
+                        out[rows + r]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn float_weights_over_several_panels() {
+    // 130 rows span three 64-row panels of the F16/BF16 path; F32 bytes at
+    // an odd address cannot be viewed as f32 and take the same path.
+    let (rows, cols, tokens) = (130, 72, 5);
+    let mut rng = StdRng::seed_from_u64(21);
+    for ty in FLOAT {
+        let bytes = random_weights(ty, rows, cols, &mut rng);
+        let mut shifted = vec![0u8; bytes.len() + 1];
+        shifted[1..].copy_from_slice(&bytes);
+        let x = random_activations(tokens, cols, &mut rng);
+        let w_f32 = dequantize_all(ty, &bytes, rows, cols);
+        let exact = reference_product(&w_f32, &x, rows, cols, tokens);
+        for data in [&bytes[..], &shifted[1..]] {
+            let w = QuantMatrix::new(ty, data, rows, cols).unwrap();
+            let mut out = vec![f32::NAN; tokens * rows];
+            matmul(&w, &x, tokens, &mut out).unwrap();
+            for t in 0..tokens {
+                for r in 0..rows {
+                    // f32 accumulation of `cols` products: at most cols * eps * sum |w x|.
+                    let magnitude: f64 = (0..cols)
+                        .map(|c| (w_f32[r * cols + c] * x[t * cols + c]).abs() as f64)
+                        .sum();
+                    let bound = cols as f64 * f32::EPSILON as f64 * magnitude;
+                    let (got, want) = (out[t * rows + r] as f64, exact[t * rows + r]);
+                    assert!(
+                        (got - want).abs() <= bound,
+                        "{ty} out[{t}, {r}]: {got} vs {want}, bound {bound:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn prequantized_matches_matmul() {
+    let mut rng = StdRng::seed_from_u64(31);
+    let (cols, tokens) = (512, 3);
+    let x = random_activations(tokens, cols, &mut rng);
+    for ty in QUANTIZED {
+        let rows = 7;
+        let bytes = random_weights(ty, rows, cols, &mut rng);
+        let w = QuantMatrix::new(ty, &bytes, rows, cols).unwrap();
+        let acts = QuantizedActivations::quantize(&x, tokens, cols, ty).unwrap();
+        for isa in available_isas() {
+            let mut direct = vec![0.0; tokens * rows];
+            let mut reused = vec![0.0; tokens * rows];
+            matmul_with_isa(&w, &x, tokens, &mut direct, isa).unwrap();
+            matmul_prequantized(&w, &acts, &mut reused, isa).unwrap();
+            assert_eq!(direct, reused, "{ty} {isa:?}");
+        }
+    }
+}
+
+#[test]
+fn prequantized_block_mismatch_rejected() {
+    let mut rng = StdRng::seed_from_u64(32);
+    let x = random_activations(1, 256, &mut rng);
+    let acts = QuantizedActivations::quantize(&x, 1, 256, GgmlType::Q4_1).unwrap();
+    let bytes = random_weights(GgmlType::Q4_K, 2, 256, &mut rng);
+    let w = QuantMatrix::new(GgmlType::Q4_K, &bytes, 2, 256).unwrap();
+    let err = matmul_prequantized(&w, &acts, &mut [0.0; 2], Isa::Portable).unwrap_err();
+    assert_eq!(
+        err,
+        QuantError::ActivationBlock {
+            ty: GgmlType::Q4_K,
+            weight_block_elems: 256,
+            activation_block_elems: 32
+        }
+    );
+
+    let bytes = random_weights(GgmlType::Q8_0, 2, 128, &mut rng);
+    let w = QuantMatrix::new(GgmlType::Q8_0, &bytes, 2, 128).unwrap();
+    let err = matmul_prequantized(&w, &acts, &mut [0.0; 2], Isa::Portable).unwrap_err();
+    assert!(
+        matches!(err, QuantError::BufferLength { name: "acts", .. }),
+        "{err:?}"
+    );
 }

@@ -54,6 +54,14 @@ pub trait Element: Copy + Send + Sync + Default + 'static + sealed::Sealed {
     ///
     /// Both slices must have the same length; the shorter length is used otherwise.
     fn convert_to_f32(src: &[Self], dst: &mut [f32]);
+
+    /// Returns the slice itself when `Self` is f32, so kernels can read it in place.
+    fn as_f32_slice(values: &[Self]) -> Option<&[f32]>;
+
+    /// Returns the slice itself when `Self` is bf16, for bf16 dot-product instructions.
+    fn as_bf16_slice(_values: &[Self]) -> Option<&[bf16]> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -73,6 +81,11 @@ impl Element for f32 {
     fn convert_to_f32(src: &[Self], dst: &mut [f32]) {
         let n = src.len().min(dst.len());
         dst[..n].copy_from_slice(&src[..n]);
+    }
+
+    #[inline]
+    fn as_f32_slice(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
     }
 }
 
@@ -94,10 +107,20 @@ impl Element for f16 {
         let n = src.len().min(dst.len());
         src[..n].convert_to_f32_slice(&mut dst[..n]);
     }
+
+    #[inline]
+    fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl Element for bf16 {
     const DTYPE: DType = DType::BF16;
+
+    #[inline]
+    fn as_bf16_slice(values: &[Self]) -> Option<&[bf16]> {
+        Some(values)
+    }
 
     #[inline]
     fn to_f32(self) -> f32 {
@@ -111,8 +134,16 @@ impl Element for bf16 {
 
     #[inline]
     fn convert_to_f32(src: &[Self], dst: &mut [f32]) {
-        let n = src.len().min(dst.len());
-        src[..n].convert_to_f32_slice(&mut dst[..n]);
+        // A bf16 value is the upper half of the f32 with the same bits; this plain
+        // shift loop vectorises, unlike a call per element.
+        for (dst, src) in dst.iter_mut().zip(src) {
+            *dst = f32::from_bits(u32::from(src.to_bits()) << 16);
+        }
+    }
+
+    #[inline]
+    fn as_f32_slice(_: &[Self]) -> Option<&[f32]> {
+        None
     }
 }
 

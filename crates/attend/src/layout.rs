@@ -57,7 +57,7 @@ impl BshdStrides {
 
 /// Returns the number of elements a view needs: one past its last element.
 fn required_len(shape: &BshdShape, strides: &BshdStrides) -> Result<usize, AttendError> {
-    if shape.element_count() == Some(0) {
+    if shape.as_array().contains(&0) {
         return Ok(0);
     }
     let overflow = || AttendError::ViewOverflow {
@@ -237,7 +237,7 @@ impl<'a> BshdMut<'a> {
         let ok = nested(shape.heads, strides.head_stride, head_extent)
             && nested(shape.seq_len, strides.seq_stride, seq_extent)
             && nested(shape.batch, strides.batch_stride, batch_extent);
-        if !ok && shape.element_count() != Some(0) {
+        if !ok && !shape.as_array().contains(&0) {
             return Err(AttendError::OverlappingOutput {
                 shape: shape.as_array(),
                 strides: strides.as_array(),
@@ -438,6 +438,23 @@ mod tests {
         };
         let err = Bshd::strided(&data, shape, strides).unwrap_err();
         assert!(matches!(err, AttendError::ViewOverflow { .. }));
+    }
+
+    #[test]
+    fn empty_view_with_huge_dims_needs_no_data() {
+        let data: [f32; 0] = [];
+        let shape = BshdShape {
+            batch: usize::MAX,
+            seq_len: usize::MAX,
+            heads: 0,
+            head_dim: 8,
+        };
+        let strides = BshdStrides {
+            batch_stride: 1,
+            seq_stride: 1,
+            head_stride: 1,
+        };
+        assert!(Bshd::strided(&data, shape, strides).is_ok());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub struct QuantizedActivations {
     tokens: usize,
     cols: usize,
     padded: usize,
+    block_elems: usize,
     /// `[tokens, padded]`, zero past `cols`
     pub(super) codes: Vec<i8>,
     /// `[tokens, padded / LANE]`: the block scale repeated per 4 codes, zero past `cols`
@@ -28,8 +29,8 @@ impl QuantizedActivations {
     /// Quantises `x` for a product with weights of type `weight_type`: one
     /// scale per 32 values for the 32-element formats, per 256 for the K formats.
     ///
-    /// Non-finite inputs make the affected block's products non-finite or
-    /// meaningless; they do not panic.
+    /// A NaN or infinity makes its block's scale NaN or infinite, so every
+    /// product that reads the block is NaN.
     ///
     /// # Shapes
     /// `x: [tokens, cols]`, row-major; `cols` a multiple of the weight block size.
@@ -77,6 +78,7 @@ impl QuantizedActivations {
             tokens,
             cols,
             padded,
+            block_elems,
             codes: vec![0; tokens * padded],
             lane_scales: vec![0.0; tokens * padded / LANE],
             group_sums: vec![0.0; tokens * padded / GROUP],
@@ -104,6 +106,11 @@ impl QuantizedActivations {
         self.cols
     }
 
+    /// Values per activation scale: 32 or 256.
+    pub fn block_elems(&self) -> usize {
+        self.block_elems
+    }
+
     /// The values the codes stand for, `scale * code`, as `[tokens, cols]`.
     pub fn dequantized(&self) -> Vec<f32> {
         let mut x = Vec::with_capacity(self.tokens * self.cols);
@@ -129,7 +136,14 @@ fn quantize_row(
     sums: &mut [f32],
 ) {
     for (b, block) in x.chunks_exact(block_elems).enumerate() {
-        let max_abs = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // `f32::max` ignores NaN, so NaN is carried explicitly.
+        let max_abs = block.iter().fold(0.0f32, |m, v| {
+            if m.is_nan() || v.is_nan() {
+                f32::NAN
+            } else {
+                m.max(v.abs())
+            }
+        });
         let scale = max_abs / 127.0;
         // `127 / max_abs` rather than `1 / scale` keeps `|x| * inverse <= 127`
         // up to one rounding, so the clamp below only guards that rounding.

@@ -16,7 +16,7 @@ pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16_bits_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
 }
 
-/// Converts f16 bits to f32 exactly, inlined; `half`'s conversion is an
+/// Converts f16 bits to f32 exactly, inlined. `half`'s conversion is an
 /// out-of-line call with a CPU feature check, which costs more than the
 /// rest of unpacking a block.
 #[inline(always)]
@@ -212,7 +212,7 @@ fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// The four unsigned 6-bit codes of elements `l`, `l + 32`, `l + 64` and
+/// Extracts the four unsigned 6-bit codes of elements `l`, `l + 32`, `l + 64` and
 /// `l + 96` of one 128-element half of a Q6_K block.
 #[inline(always)]
 pub(super) fn q6_k_codes(ql: &[u8], qh: &[u8], l: usize) -> [u8; 4] {

@@ -50,6 +50,16 @@ pub enum QuantError {
         dim1: usize,
     },
 
+    /// Activations quantised for weights with another block size.
+    #[error(
+        "activations were quantised in blocks of {activation_block_elems} but {ty} weights need blocks of {weight_block_elems}; quantise them for {ty}"
+    )]
+    ActivationBlock {
+        ty: GgmlType,
+        weight_block_elems: usize,
+        activation_block_elems: usize,
+    },
+
     /// A kernel requested for an instruction set this CPU lacks.
     #[error("instruction set {isa:?} is not available on this CPU; use Isa::detect()")]
     IsaUnavailable { isa: super::Isa },

@@ -3,13 +3,15 @@
 use super::activations::QuantizedActivations;
 use super::dequant::{check_row_bytes, dequantize};
 use super::float::matmul_float;
-use super::kernel::{dot_tile, prefetch, unpack_rows, Isa, Tile, MAX_TILE_ROWS};
+use super::kernel::{
+    dot_row, dot_tile, has_row_kernel, prefetch, unpack_rows, Isa, Tile, MAX_TILE_ROWS,
+};
 use super::unpack::{UnpackedRows, GROUP, LANE};
 use super::QuantError;
 use crate::GgmlType;
 use rayon::prelude::*;
 
-/// Tokens one task covers at most; with 2048 columns their quantised codes
+/// Tokens one task covers at most. With 2048 columns their quantised codes
 /// and scales take about 256 KiB, which stays in L2 across the task's rows.
 const TOKEN_CHUNK: usize = 64;
 /// Rows ahead of the current tile whose bytes are prefetched.
@@ -44,6 +46,15 @@ impl<'a> QuantMatrix<'a> {
             dim0: rows,
             dim1: cols,
         })?;
+        // Each row, not only the whole matrix, must be a whole number of blocks.
+        let block_elems = ty.block_elems();
+        if !cols.is_multiple_of(block_elems) {
+            return Err(QuantError::ColsNotBlockMultiple {
+                ty,
+                cols,
+                block_elems,
+            });
+        }
         check_row_bytes(ty, data.len(), elems)?;
         Ok(QuantMatrix {
             ty,
@@ -123,7 +134,7 @@ pub fn matmul(
     matmul_with_isa(w, x, tokens, out, Isa::detect())
 }
 
-/// [`matmul`] with the integer kernel chosen by the caller (float weights
+/// Computes [`matmul`] with the integer kernel chosen by the caller (float weights
 /// ignore `isa`); tests use it to run the portable kernel on any CPU.
 ///
 /// # Shapes
@@ -162,6 +173,59 @@ pub fn matmul_with_isa(
     Ok(())
 }
 
+/// Computes `out[t, r] = sum_c W[r, c] * x_hat[t, c]` from activations
+/// quantised beforehand, so that several projections of the same input
+/// (query, key and value, or gate and up) quantise it once.
+///
+/// # Shapes
+/// `w: [rows, cols]`, `acts: [tokens, cols]`, `out: [tokens, rows]`.
+///
+/// # Errors
+/// [`QuantError::UnsupportedType`] for float weights (use [`matmul`]),
+/// [`QuantError::ActivationBlock`] when `acts` was quantised for weights
+/// with another block size, [`QuantError::BufferLength`] when the shapes
+/// disagree, and [`QuantError::IsaUnavailable`].
+pub fn matmul_prequantized(
+    w: &QuantMatrix,
+    acts: &QuantizedActivations,
+    out: &mut [f32],
+    isa: Isa,
+) -> Result<(), QuantError> {
+    if !isa.is_available() {
+        return Err(QuantError::IsaUnavailable { isa });
+    }
+    if !w.ty.is_quantized() {
+        return Err(QuantError::UnsupportedType { ty: w.ty });
+    }
+    if acts.block_elems() != w.ty.block_elems() {
+        return Err(QuantError::ActivationBlock {
+            ty: w.ty,
+            weight_block_elems: w.ty.block_elems(),
+            activation_block_elems: acts.block_elems(),
+        });
+    }
+    let (rows, cols, tokens) = (w.rows, w.cols, acts.tokens());
+    if acts.cols() != cols {
+        return Err(QuantError::BufferLength {
+            name: "acts",
+            dim0: tokens,
+            dim1: cols,
+            expected: tokens * cols,
+            actual: tokens * acts.cols(),
+        });
+    }
+    check_f32_len("out", out.len(), tokens, rows)?;
+    if tokens == 0 || rows == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    matmul_quantized(w, acts, out, isa);
+    Ok(())
+}
+
 fn check_f32_len(
     name: &'static str,
     actual: usize,
@@ -183,12 +247,16 @@ fn check_f32_len(
     Ok(())
 }
 
-/// The quantized product over a grid of tasks: each task takes a range of
+/// Computes the quantized product over a grid of tasks. Each task takes a range of
 /// row tiles and a chunk of tokens, unpacks each row tile once and runs the
 /// kernel over every token tile of its chunk.
 fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
     let (rows, cols, tokens) = (w.rows, w.cols, acts.tokens());
     let row_bytes = w.row_bytes();
+    if tokens == 1 && has_row_kernel(isa) {
+        matvec_direct(w, acts, out, isa);
+        return;
+    }
     let row_tiles = rows.div_ceil(MAX_TILE_ROWS);
     let token_chunks = tokens.div_ceil(TOKEN_CHUNK);
     let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
@@ -223,10 +291,10 @@ fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32
                     let tile_tokens = isa.tile_tokens().min(token_range.end - t0);
                     let sums = run_tile(isa, w.ty, &unpacked, acts, tile_rows, t0, tile_tokens);
 
-                    // Add the per-16 offset terms and store.
+                    // Store the tile.
                     for (r, sums_r) in sums.iter().enumerate().take(tile_rows) {
                         for (t, &sum) in sums_r.iter().enumerate().take(tile_tokens) {
-                            let value = sum + offset_term(&unpacked, r, acts, t0 + t);
+                            let value = sum;
                             // SAFETY: (t0 + t, r0 + r) lies in this task's row
                             // tiles and token chunk, which no other task covers,
                             // and inside `out: [tokens, rows]`.
@@ -234,6 +302,33 @@ fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32
                         }
                     }
                 }
+            }
+        });
+}
+
+/// Computes the single-token product, decoding each row in registers.
+/// `out: [rows]`.
+fn matvec_direct(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
+    let row_bytes = w.row_bytes();
+    let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
+    let chunk_rows = w.rows.div_ceil(target_tasks).max(MAX_TILE_ROWS);
+    out.par_chunks_mut(chunk_rows)
+        .enumerate()
+        .for_each(|(chunk_idx, out_chunk)| {
+            let r0 = chunk_idx * chunk_rows;
+            for (i, value) in out_chunk.iter_mut().enumerate() {
+                let r = r0 + i;
+                let ahead = (r + PREFETCH_ROWS_AHEAD).min(w.rows);
+                prefetch(&w.data[ahead * row_bytes..(ahead + 1).min(w.rows) * row_bytes]);
+                let row = &w.data[r * row_bytes..(r + 1) * row_bytes];
+                *value = dot_row(
+                    isa,
+                    w.ty,
+                    row,
+                    &acts.codes,
+                    &acts.lane_scales,
+                    &acts.group_sums,
+                );
             }
         });
 }
@@ -252,29 +347,16 @@ fn run_tile(
     let tile = Tile {
         w_codes: &unpacked.codes,
         w_scales: &unpacked.lane_scales,
+        w_offsets: &unpacked.group_offsets,
         x_codes: &acts.codes[t0 * p..],
         x_scales: &acts.lane_scales[t0 * p / LANE..],
+        x_sums: &acts.group_sums[t0 * p / GROUP..],
         padded: p,
         rows,
         tokens,
         wide_codes: ty == GgmlType::Q8_0,
     };
     dot_tile(isa, &tile)
-}
-
-/// `sum_g offset[r, g] * x_sum[t, g]`: the part of the product that comes
-/// from the weights' offsets, with four partial sums so it vectorises.
-fn offset_term(unpacked: &UnpackedRows, r: usize, acts: &QuantizedActivations, t: usize) -> f32 {
-    let groups = unpacked.padded / GROUP;
-    let offsets = &unpacked.group_offsets[r * groups..(r + 1) * groups];
-    let sums = &acts.group_sums[t * groups..(t + 1) * groups];
-    let mut partial = [0.0f32; 4];
-    for (o, s) in offsets.chunks_exact(4).zip(sums.chunks_exact(4)) {
-        for i in 0..4 {
-            partial[i] += o[i] * s[i];
-        }
-    }
-    (partial[0] + partial[1]) + (partial[2] + partial[3])
 }
 
 /// `out` shared by tasks that write disjoint elements.

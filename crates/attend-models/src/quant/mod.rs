@@ -10,8 +10,9 @@
 //! into unsigned 8-bit codes with one f32 scale per 16 values and one f32
 //! offset per 16 values, so that every format reads as
 //! `w = scale * code + offset`. The kernels then take integer dot products of
-//! codes with quantised activations (`vpdpbusd` on AVX-512 VNNI, widening
-//! multiplies on AVX2 and NEON, plain integers on the portable path).
+//! codes with quantised activations (`vpdpbusd` on AVX-512 VNNI,
+//! `vpmaddubsw` on AVX2, widening multiplies on NEON, plain integers on the
+//! portable path).
 
 mod activations;
 mod dequant;
@@ -25,7 +26,7 @@ pub use activations::QuantizedActivations;
 pub use dequant::dequantize;
 pub use error::QuantError;
 pub use kernel::Isa;
-pub use matmul::{matmul, matmul_with_isa, QuantMatrix};
+pub use matmul::{matmul, matmul_prequantized, matmul_with_isa, QuantMatrix};
 
 use crate::GgmlType;
 

@@ -54,7 +54,7 @@ impl UnpackedRows {
 
     /// Unpacks `row_bytes` (one row of type `ty`) into row slot `slot`.
     ///
-    /// The caller has checked that `row_bytes` holds a whole row of the
+    /// The caller has checked that `row_bytes` contains a whole row of the
     /// `cols` passed to [`reset`](Self::reset).
     #[inline(always)]
     pub fn unpack(&mut self, ty: GgmlType, row_bytes: &[u8], slot: usize) {
@@ -68,7 +68,7 @@ impl UnpackedRows {
 
 /// Unpacks one row of blocks; the slices cover at least the row's elements.
 #[inline(always)]
-fn unpack_row(
+pub(super) fn unpack_row(
     ty: GgmlType,
     bytes: &[u8],
     codes: &mut [u8],

@@ -13,6 +13,7 @@
 //! and at the end `out = O / l`, `lse = m + ln(l)`. The invariant after each key block
 //! is `O = sum_k exp(s_k - m) v_k` and `l = sum_k exp(s_k - m)` over the keys seen.
 
+use half::bf16;
 use rayon::prelude::*;
 
 use super::{Dims, Sequence, BLOCK_KV, BLOCK_Q};
@@ -41,42 +42,59 @@ pub(crate) struct Tensors<'a, T> {
 struct SharedOut(*mut f32);
 
 // SAFETY: tasks write disjoint elements through the pointer (see `write_rows`), and the
-// caller holds the unique borrow of the buffer until every task has finished.
+// caller keeps the unique borrow of the buffer until every task has finished.
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
 
 /// Per-thread buffers, sized for one tile; independent of the sequence lengths.
 struct Scratch {
-    /// `[BLOCK_Q, head_dim]` queries as f32.
-    q: Vec<f32>,
-    /// `[head_dim, BLOCK_KV]` keys, transposed and zero-padded.
-    kt: Vec<f32>,
-    /// `[BLOCK_KV, head_dim]` values as f32.
+    /// `[head_dim, BLOCK_Q]` queries as f32, transposed and zero-padded.
+    qt: Vec<f32>,
+    /// `[ceil(head_dim / 2), BLOCK_Q, 2]` bf16 queries in pairs along head_dim, for
+    /// bf16 dot-product instructions (empty unless the storage is bf16).
+    qp: Vec<bf16>,
+    /// `[head_dim]` one converted query row.
+    row: Vec<f32>,
+    /// `[BLOCK_KV, head_dim]` keys converted to f32 (unused for f32 storage).
+    k: Vec<f32>,
+    /// `[BLOCK_KV, head_dim]` values converted to f32 (unused for f32 storage).
     v: Vec<f32>,
-    /// `[BLOCK_Q, BLOCK_KV]` scores, then probabilities.
-    s: Vec<f32>,
+    /// `[BLOCK_KV, BLOCK_Q]` transposed scores, then probabilities.
+    st: Vec<f32>,
     /// `[BLOCK_Q, head_dim]` unnormalised output.
     o: Vec<f32>,
-    /// `[head_dim]` one converted key row.
-    row: Vec<f32>,
-    /// `[BLOCK_Q]` running row maximum.
+    /// `[BLOCK_Q]` running maximum per query.
     m: Vec<f32>,
-    /// `[BLOCK_Q]` running softmax denominator.
+    /// `[BLOCK_Q]` running softmax denominator per query.
     l: Vec<f32>,
+    /// `[BLOCK_Q]` factor `exp(m_old - m_new)` of the last step.
+    correction: Vec<f32>,
 }
 
 impl Scratch {
-    fn new(head_dim: usize) -> Self {
+    fn new<T: Element>(head_dim: usize) -> Self {
+        let converted_len = if T::as_f32_slice(&[]).is_some() {
+            0
+        } else {
+            BLOCK_KV * head_dim
+        };
+        let pairs_len = if T::as_bf16_slice(&[]).is_some() {
+            head_dim.div_ceil(2) * 2 * BLOCK_Q
+        } else {
+            0
+        };
         Self {
-            q: vec![0.0; BLOCK_Q * head_dim],
-            kt: vec![0.0; head_dim * BLOCK_KV],
-            v: vec![0.0; BLOCK_KV * head_dim],
-            s: vec![0.0; BLOCK_Q * BLOCK_KV],
-            o: vec![0.0; BLOCK_Q * head_dim],
+            qt: vec![0.0; head_dim * BLOCK_Q],
+            qp: vec![bf16::ZERO; pairs_len],
             row: vec![0.0; head_dim],
+            k: vec![0.0; converted_len],
+            v: vec![0.0; converted_len],
+            st: vec![0.0; BLOCK_KV * BLOCK_Q],
+            o: vec![0.0; BLOCK_Q * head_dim],
             m: vec![f32::NEG_INFINITY; BLOCK_Q],
             l: vec![0.0; BLOCK_Q],
+            correction: vec![0.0; BLOCK_Q],
         }
     }
 }
@@ -139,7 +157,7 @@ fn run_tasks<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(simd: S, call: &Call<
     }
     let head_dim = call.dims.head_dim;
     (0..total).into_par_iter().for_each_init(
-        || Scratch::new(head_dim),
+        || Scratch::new::<T>(head_dim),
         |scratch, task| {
             // `first_task[0] = 0 <= task`, so the partition point is at least 1.
             let batch_idx = first_task.partition_point(|&first| first <= task) - 1;
@@ -181,20 +199,48 @@ fn process_block<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(
     let rows = BLOCK_Q.min(seq.q_len - q_start);
     let kv_head_idx = head_idx / call.dims.group();
     let q_range = q_start..q_start + rows;
+    let Scratch {
+        qt,
+        qp,
+        row: q_row,
+        k: k_converted,
+        v: v_converted,
+        st,
+        o,
+        m,
+        l,
+        correction,
+    } = scratch;
+    let bf16_dot = simd.has_bf16_dot() && T::as_bf16_slice(&[]).is_some();
 
-    // Load the query rows as f32.
+    // Load the queries transposed, qt[d][i] (or in bf16 pairs, qp[d / 2][i][d % 2]),
+    // zero-padded to BLOCK_Q queries and, for the pairs, an even head_dim.
+    if rows < BLOCK_Q {
+        qt.fill(0.0);
+        qp.fill(bf16::ZERO);
+    }
     for row in 0..rows {
         let start = seq.q_start
             + (q_start + row) * t.q_strides.seq_stride
             + head_idx * t.q_strides.head_stride;
-        T::convert_to_f32(
-            &t.q[start..start + head_dim],
-            &mut scratch.q[row * head_dim..][..head_dim],
-        );
+        let q_values = &t.q[start..start + head_dim];
+        match T::as_bf16_slice(q_values) {
+            Some(q_bf16) if bf16_dot => {
+                for (d, &value) in q_bf16.iter().enumerate() {
+                    qp[(d / 2) * 2 * BLOCK_Q + 2 * row + d % 2] = value;
+                }
+            }
+            _ => {
+                T::convert_to_f32(q_values, q_row);
+                for (d, &value) in q_row.iter().enumerate() {
+                    qt[d * BLOCK_Q + row] = value;
+                }
+            }
+        }
     }
-    scratch.o[..rows * head_dim].fill(0.0);
-    scratch.m[..rows].fill(f32::NEG_INFINITY);
-    scratch.l[..rows].fill(0.0);
+    o[..rows * head_dim].fill(0.0);
+    m.fill(f32::NEG_INFINITY);
+    l.fill(0.0);
 
     for kv_start in (0..seq.kv_len).step_by(BLOCK_KV) {
         let cols = BLOCK_KV.min(seq.kv_len - kv_start);
@@ -206,96 +252,109 @@ fn process_block<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(
             continue;
         }
 
-        // Pack the keys transposed, `kt[d][j]`, zero-padded to BLOCK_KV columns.
+        // Transposed scores St = scale * K Q^T, reading f32 keys in place.
         let k_base =
             seq.k_start + kv_start * t.k_strides.seq_stride + kv_head_idx * t.k_strides.head_stride;
-        for col in 0..cols {
-            let start = k_base + col * t.k_strides.seq_stride;
-            T::convert_to_f32(&t.k[start..start + head_dim], &mut scratch.row);
-            for (d, &value) in scratch.row.iter().enumerate() {
-                scratch.kt[d * BLOCK_KV + col] = value;
+        let st = &mut st[..cols * BLOCK_Q];
+        match T::as_bf16_slice(&t.k[k_base..]) {
+            Some(k_bf16) if bf16_dot => {
+                simd.qk_tile_bf16(
+                    qp,
+                    k_bf16,
+                    t.k_strides.seq_stride,
+                    cols,
+                    head_dim,
+                    call.dims.scale,
+                    st,
+                );
             }
-        }
-        if cols < BLOCK_KV {
-            for d in 0..head_dim {
-                scratch.kt[d * BLOCK_KV + cols..(d + 1) * BLOCK_KV].fill(0.0);
+            _ => {
+                let k_stride = t.k_strides.seq_stride;
+                let (k_rows, k_row_stride) =
+                    rows_as_f32(&t.k[k_base..], k_stride, cols, head_dim, k_converted);
+                simd.qk_tile(
+                    qt,
+                    k_rows,
+                    k_row_stride,
+                    cols,
+                    head_dim,
+                    call.dims.scale,
+                    st,
+                );
             }
         }
 
-        // Scores S = scale * Q K^T.
-        let s = &mut scratch.s[..rows * BLOCK_KV];
-        simd.qk_tile(
-            &scratch.q[..rows * head_dim],
-            &scratch.kt,
-            call.dims.scale,
-            head_dim,
-            s,
-        );
-
-        // Score modification, mask and padding columns. Hidden pairs become -inf.
-        for (row, s_row) in s.chunks_exact_mut(BLOCK_KV).enumerate() {
-            let q_idx = q_start + row;
-            if !F::IS_IDENTITY {
-                for (col, score) in s_row[..cols].iter_mut().enumerate() {
-                    *score =
-                        call.score_mod
-                            .apply(*score, batch_idx, head_idx, q_idx, kv_start + col);
-                }
-            }
-            if class == BlockClass::Partial {
-                for (col, score) in s_row[..cols].iter_mut().enumerate() {
-                    if !call
-                        .mask_mod
-                        .is_visible(batch_idx, head_idx, q_idx, kv_start + col)
+        // Score modification and mask. Hidden pairs become -inf.
+        if !F::IS_IDENTITY || class == BlockClass::Partial {
+            for (col, st_row) in st.chunks_exact_mut(BLOCK_Q).enumerate() {
+                let kv_idx = kv_start + col;
+                for (row, score) in st_row[..rows].iter_mut().enumerate() {
+                    let q_idx = q_start + row;
+                    if !F::IS_IDENTITY {
+                        *score = call
+                            .score_mod
+                            .apply(*score, batch_idx, head_idx, q_idx, kv_idx);
+                    }
+                    if class == BlockClass::Partial
+                        && !call.mask_mod.is_visible(batch_idx, head_idx, q_idx, kv_idx)
                     {
                         *score = f32::NEG_INFINITY;
                     }
                 }
             }
-            s_row[cols..].fill(f32::NEG_INFINITY);
         }
 
-        // Online softmax: update m and l, turn scores into probabilities, rescale O.
-        for (row, s_row) in s.chunks_exact_mut(BLOCK_KV).enumerate() {
-            let s_row = &mut s_row[..cols];
-            let m_old = scratch.m[row];
-            let m_new = m_old.max(simd.max(s_row));
-            if m_new == f32::NEG_INFINITY {
-                // Nothing visible to this row yet: exp(s - m_new) would be NaN, and the
-                // row's probabilities are all zero.
-                s_row.fill(0.0);
-                continue;
-            }
-            // exp(-inf) = 0 when this is the first visible block of the row.
-            let correction = (m_old - m_new).exp();
-            let row_sum = simd.exp_sub_sum(s_row, m_new);
-            scratch.l[row] = scratch.l[row] * correction + row_sum;
-            scratch.m[row] = m_new;
-            if correction != 1.0 {
-                simd.scale(correction, &mut scratch.o[row * head_dim..][..head_dim]);
+        // Online softmax over this key block, then rescale the rows whose maximum grew.
+        simd.softmax_tile(st, cols, m, l, correction);
+        for (row, &factor) in correction[..rows].iter().enumerate() {
+            if factor != 1.0 {
+                simd.scale(factor, &mut o[row * head_dim..][..head_dim]);
             }
         }
 
-        // Pack the values as f32 rows and accumulate O += P V.
+        // O += P V, reading f32 values in place.
         let v_base =
             seq.v_start + kv_start * t.v_strides.seq_stride + kv_head_idx * t.v_strides.head_stride;
-        for col in 0..cols {
-            let start = v_base + col * t.v_strides.seq_stride;
-            T::convert_to_f32(
-                &t.v[start..start + head_dim],
-                &mut scratch.v[col * head_dim..][..head_dim],
-            );
-        }
-        simd.pv_tile(
-            s,
-            &scratch.v[..cols * head_dim],
+        let (v_rows, v_row_stride) = rows_as_f32(
+            &t.v[v_base..],
+            t.v_strides.seq_stride,
             cols,
             head_dim,
-            &mut scratch.o[..rows * head_dim],
+            v_converted,
+        );
+        simd.pv_tile(
+            st,
+            v_rows,
+            v_row_stride,
+            cols,
+            head_dim,
+            &mut o[..rows * head_dim],
         );
     }
 
     write_rows(call, seq, block, rows, scratch);
+}
+
+/// Returns `rows` rows of `head_dim` elements at `row_stride` as f32: the input itself
+/// for f32 storage, otherwise converted into `buffer` with stride `head_dim`.
+fn rows_as_f32<'a, T: Element>(
+    data: &'a [T],
+    row_stride: usize,
+    rows: usize,
+    head_dim: usize,
+    buffer: &'a mut [f32],
+) -> (&'a [f32], usize) {
+    if let Some(values) = T::as_f32_slice(data) {
+        return (values, row_stride);
+    }
+    for row in 0..rows {
+        let start = row * row_stride;
+        T::convert_to_f32(
+            &data[start..start + head_dim],
+            &mut buffer[row * head_dim..][..head_dim],
+        );
+    }
+    (&buffer[..rows * head_dim], head_dim)
 }
 
 /// Normalises the output rows of a block, adds the sink, and writes out and lse.

@@ -23,7 +23,7 @@ use crate::mask::{And, Chain, MaskMod, NoMask, NoScoreMod, ScoreMod, Softcap, Wi
 use crate::simd::{self, Isa};
 
 /// Queries per tile.
-pub const BLOCK_Q: usize = 64;
+pub const BLOCK_Q: usize = simd::TILE_Q;
 
 /// Keys per tile.
 pub const BLOCK_KV: usize = simd::TILE_KV;
@@ -230,7 +230,7 @@ pub(crate) fn check_cu_seqlens(
     Ok(())
 }
 
-/// A validated fixed-length call: sizes and the per-batch sequences.
+/// Validates a fixed-length call and returns its sizes and per-batch sequences.
 pub(crate) fn plan_bshd<T>(
     q: &Bshd<T>,
     k: &Bshd<T>,
@@ -264,7 +264,7 @@ pub(crate) fn plan_bshd<T>(
     Ok((dims, sequences))
 }
 
-/// A validated varlen call: sizes and one sequence per pair of offsets.
+/// Validates a varlen call and returns its sizes and one sequence per pair of offsets.
 pub(crate) fn plan_varlen<T>(
     q: &Packed<T>,
     k: &Packed<T>,

@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::{pv_tile_shape, qk_tile_rows, sealed, Isa, Simd, TILE_KV};
+use super::{pv_tile_shape, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q};
 
 /// The token for AVX2 code with FMA and F16C.
 #[derive(Debug, Clone, Copy)]
@@ -87,29 +87,79 @@ impl Simd for Avx2Fma {
         unsafe { exp_sub_sum(x.as_mut_ptr(), x.len(), shift) }
     }
 
-    fn qk_tile(self, q: &[f32], kt: &[f32], scale: f32, head_dim: usize, s: &mut [f32]) {
-        let rows = qk_tile_rows(q, kt, head_dim, s);
-        // SAFETY: the token proves the features; `qk_tile_rows` guarantees `q` holds
-        // `rows * head_dim`, `kt` holds `head_dim * TILE_KV` and `s` holds
-        // `rows * TILE_KV` elements.
+    fn qk_tile(
+        self,
+        qt: &[f32],
+        k: &[f32],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        let cols = qk_tile_cols(qt, k, k_row_stride, cols, head_dim, st);
+        // SAFETY: the token proves the features; `qk_tile_cols` guarantees `qt` holds
+        // `head_dim * TILE_Q` elements, `k` has `cols` rows of `head_dim` at
+        // `k_row_stride`, and `st` contains `cols * TILE_Q` elements.
         unsafe {
             qk_tile(
-                q.as_ptr(),
-                kt.as_ptr(),
-                scale,
+                qt.as_ptr(),
+                k.as_ptr(),
+                k_row_stride,
+                cols,
                 head_dim,
-                s.as_mut_ptr(),
-                rows,
+                scale,
+                st.as_mut_ptr(),
             )
         }
     }
 
-    fn pv_tile(self, p: &[f32], v: &[f32], cols: usize, head_dim: usize, o: &mut [f32]) {
-        let (rows, cols) = pv_tile_shape(p, v, cols, head_dim, o);
-        // SAFETY: the token proves the features; `pv_tile_shape` guarantees `p` holds
-        // `rows * TILE_KV`, `v` holds `cols * head_dim` and `o` holds
-        // `rows * head_dim` elements.
-        unsafe { pv_tile(p.as_ptr(), v.as_ptr(), cols, head_dim, o.as_mut_ptr(), rows) }
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    ) {
+        let cols = softmax_tile_cols(st, cols, m, l, correction);
+        // SAFETY: the token proves the features; `softmax_tile_cols` guarantees `st`
+        // contains `cols * TILE_Q` elements and `m`, `l`, `correction` contain `TILE_Q` each.
+        unsafe {
+            softmax_tile(
+                st.as_mut_ptr(),
+                cols,
+                m.as_mut_ptr(),
+                l.as_mut_ptr(),
+                correction.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
+        // SAFETY: the token proves the features; `pv_tile_shape` guarantees `pt` holds
+        // `cols * TILE_Q` elements, `v` has `cols` rows of `head_dim` at
+        // `v_row_stride`, `o` contains `rows * head_dim` elements and `rows <= TILE_Q`.
+        unsafe {
+            pv_tile(
+                pt.as_ptr(),
+                v.as_ptr(),
+                v_row_stride,
+                cols,
+                head_dim,
+                o.as_mut_ptr(),
+                rows,
+            )
+        }
     }
 }
 
@@ -332,36 +382,39 @@ unsafe fn exp_sub_sum(x: *mut f32, n: usize, shift: f32) -> f32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn qk_tile(
-    q: *const f32,
-    kt: *const f32,
-    scale: f32,
+    qt: *const f32,
+    k: *const f32,
+    k_row_stride: usize,
+    cols: usize,
     head_dim: usize,
-    s: *mut f32,
-    rows: usize,
+    scale: f32,
+    st: *mut f32,
 ) {
-    // Each pass covers 32 of the 64 keys, so 2 rows x 4 vectors of accumulators
-    // plus 4 key vectors fit in the 16 registers.
+    // Each pass covers 32 of the 64 queries, so 2 keys x 4 vectors of accumulators
+    // plus 4 query vectors fit in the 16 registers.
     for half in 0..2 {
-        let kt_half = kt.add(half * 4 * LANES);
-        let s_half = s.add(half * 4 * LANES);
-        let mut row = 0;
-        while row + 2 <= rows {
-            qk_rows::<2>(
-                q.add(row * head_dim),
-                kt_half,
-                scale,
+        let qt_half = qt.add(half * 4 * LANES);
+        let st_half = st.add(half * 4 * LANES);
+        let mut col = 0;
+        while col + 2 <= cols {
+            qk_keys::<2>(
+                qt_half,
+                k.add(col * k_row_stride),
+                k_row_stride,
                 head_dim,
-                s_half.add(row * TILE_KV),
+                scale,
+                st_half.add(col * TILE_Q),
             );
-            row += 2;
+            col += 2;
         }
-        if row < rows {
-            qk_rows::<1>(
-                q.add(row * head_dim),
-                kt_half,
-                scale,
+        if col < cols {
+            qk_keys::<1>(
+                qt_half,
+                k.add(col * k_row_stride),
+                k_row_stride,
                 head_dim,
-                s_half.add(row * TILE_KV),
+                scale,
+                st_half.add(col * TILE_Q),
             );
         }
     }
@@ -369,32 +422,33 @@ unsafe fn qk_tile(
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn qk_rows<const ROWS: usize>(
-    q: *const f32,
-    kt: *const f32,
-    scale: f32,
+unsafe fn qk_keys<const KEYS: usize>(
+    qt: *const f32,
+    k: *const f32,
+    k_row_stride: usize,
     head_dim: usize,
-    s: *mut f32,
+    scale: f32,
+    st: *mut f32,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); 4]; ROWS];
+    let mut acc = [[_mm256_setzero_ps(); 4]; KEYS];
     for d in 0..head_dim {
-        let kt_row = kt.add(d * TILE_KV);
-        let mut keys = [_mm256_setzero_ps(); 4];
-        for (c, key) in keys.iter_mut().enumerate() {
-            *key = _mm256_loadu_ps(kt_row.add(c * LANES));
+        let qt_row = qt.add(d * TILE_Q);
+        let mut queries = [_mm256_setzero_ps(); 4];
+        for (c, query) in queries.iter_mut().enumerate() {
+            *query = _mm256_loadu_ps(qt_row.add(c * LANES));
         }
-        for (row, acc_row) in acc.iter_mut().enumerate() {
-            let q_value = _mm256_set1_ps(*q.add(row * head_dim + d));
-            for (acc, key) in acc_row.iter_mut().zip(keys) {
-                *acc = _mm256_fmadd_ps(q_value, key, *acc);
+        for (key, acc_row) in acc.iter_mut().enumerate() {
+            let k_value = _mm256_set1_ps(*k.add(key * k_row_stride + d));
+            for (acc, query) in acc_row.iter_mut().zip(queries) {
+                *acc = _mm256_fmadd_ps(k_value, query, *acc);
             }
         }
     }
     let scale_v = _mm256_set1_ps(scale);
-    for (row, acc_row) in acc.iter().enumerate() {
+    for (key, acc_row) in acc.iter().enumerate() {
         for (c, acc) in acc_row.iter().enumerate() {
             _mm256_storeu_ps(
-                s.add(row * TILE_KV + c * LANES),
+                st.add(key * TILE_Q + c * LANES),
                 _mm256_mul_ps(*acc, scale_v),
             );
         }
@@ -402,9 +456,43 @@ unsafe fn qk_rows<const ROWS: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_tile(st: *mut f32, cols: usize, m: *mut f32, l: *mut f32, correction: *mut f32) {
+    let negative_infinity = _mm256_set1_ps(f32::NEG_INFINITY);
+    for offset in (0..TILE_Q).step_by(LANES) {
+        let m_old = _mm256_loadu_ps(m.add(offset));
+        let mut block_max = negative_infinity;
+        for j in 0..cols {
+            block_max = _mm256_max_ps(block_max, _mm256_loadu_ps(st.add(j * TILE_Q + offset)));
+        }
+        let m_new = _mm256_max_ps(m_old, block_max);
+        // With nothing visible so far, subtract 0 instead of -inf: exp(-inf - 0) = 0,
+        // where exp(-inf - -inf) would be NaN.
+        let nothing_visible = _mm256_cmp_ps::<_CMP_EQ_OQ>(m_new, negative_infinity);
+        let shift = _mm256_blendv_ps(m_new, _mm256_setzero_ps(), nothing_visible);
+        let mut sum = _mm256_setzero_ps();
+        for j in 0..cols {
+            let p = exp(_mm256_sub_ps(
+                _mm256_loadu_ps(st.add(j * TILE_Q + offset)),
+                shift,
+            ));
+            _mm256_storeu_ps(st.add(j * TILE_Q + offset), p);
+            sum = _mm256_add_ps(sum, p);
+        }
+        let factor = exp(_mm256_sub_ps(m_old, shift));
+        _mm256_storeu_ps(correction.add(offset), factor);
+        _mm256_storeu_ps(
+            l.add(offset),
+            _mm256_fmadd_ps(_mm256_loadu_ps(l.add(offset)), factor, sum),
+        );
+        _mm256_storeu_ps(m.add(offset), m_new);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pv_tile(
-    p: *const f32,
+    pt: *const f32,
     v: *const f32,
+    v_row_stride: usize,
     cols: usize,
     head_dim: usize,
     o: *mut f32,
@@ -419,18 +507,23 @@ unsafe fn pv_tile(
         let mut row = 0;
         while row < rows {
             let step = if row + 2 <= rows { 2 } else { 1 };
-            let p_rows = p.add(row * TILE_KV);
-            let v_chunk = v.add(d0);
-            let o_rows = o.add(row * head_dim + d0);
+            let chunk = ValueChunk {
+                pt: pt.add(row),
+                v: v.add(d0),
+                v_row_stride,
+                cols,
+                o: o.add(row * head_dim + d0),
+                o_row_stride: head_dim,
+            };
             match (step, vectors) {
-                (2, 1) => pv_rows::<2, 1>(p_rows, v_chunk, cols, head_dim, o_rows),
-                (2, 2) => pv_rows::<2, 2>(p_rows, v_chunk, cols, head_dim, o_rows),
-                (2, 3) => pv_rows::<2, 3>(p_rows, v_chunk, cols, head_dim, o_rows),
-                (2, _) => pv_rows::<2, 4>(p_rows, v_chunk, cols, head_dim, o_rows),
-                (_, 1) => pv_rows::<1, 1>(p_rows, v_chunk, cols, head_dim, o_rows),
-                (_, 2) => pv_rows::<1, 2>(p_rows, v_chunk, cols, head_dim, o_rows),
-                (_, 3) => pv_rows::<1, 3>(p_rows, v_chunk, cols, head_dim, o_rows),
-                (_, _) => pv_rows::<1, 4>(p_rows, v_chunk, cols, head_dim, o_rows),
+                (2, 1) => pv_rows::<2, 1>(chunk),
+                (2, 2) => pv_rows::<2, 2>(chunk),
+                (2, 3) => pv_rows::<2, 3>(chunk),
+                (2, _) => pv_rows::<2, 4>(chunk),
+                (_, 1) => pv_rows::<1, 1>(chunk),
+                (_, 2) => pv_rows::<1, 2>(chunk),
+                (_, 3) => pv_rows::<1, 3>(chunk),
+                (_, _) => pv_rows::<1, 4>(chunk),
             }
             row += step;
         }
@@ -440,36 +533,50 @@ unsafe fn pv_tile(
         for d in full..head_dim {
             let mut acc = *o.add(row * head_dim + d);
             for kv in 0..cols {
-                acc += *p.add(row * TILE_KV + kv) * *v.add(kv * head_dim + d);
+                acc += *pt.add(kv * TILE_Q + row) * *v.add(kv * v_row_stride + d);
             }
             *o.add(row * head_dim + d) = acc;
         }
     }
 }
 
+/// One block of a value tile product: pointers already offset to its first row and
+/// head_dim column.
+#[derive(Clone, Copy)]
+struct ValueChunk {
+    pt: *const f32,
+    v: *const f32,
+    v_row_stride: usize,
+    cols: usize,
+    o: *mut f32,
+    o_row_stride: usize,
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(
-    p: *const f32,
-    v: *const f32,
-    cols: usize,
-    head_dim: usize,
-    o: *mut f32,
-) {
+unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(chunk: ValueChunk) {
+    let ValueChunk {
+        pt,
+        v,
+        v_row_stride,
+        cols,
+        o,
+        o_row_stride,
+    } = chunk;
     let mut acc = [[_mm256_setzero_ps(); VECTORS]; ROWS];
     for (row, acc_row) in acc.iter_mut().enumerate() {
         for (c, acc) in acc_row.iter_mut().enumerate() {
-            *acc = _mm256_loadu_ps(o.add(row * head_dim + c * LANES));
+            *acc = _mm256_loadu_ps(o.add(row * o_row_stride + c * LANES));
         }
     }
     for kv in 0..cols {
-        let v_row = v.add(kv * head_dim);
+        let v_row = v.add(kv * v_row_stride);
         let mut values = [_mm256_setzero_ps(); VECTORS];
         for (c, value) in values.iter_mut().enumerate() {
             *value = _mm256_loadu_ps(v_row.add(c * LANES));
         }
         for (row, acc_row) in acc.iter_mut().enumerate() {
-            let weight = _mm256_set1_ps(*p.add(row * TILE_KV + kv));
+            let weight = _mm256_set1_ps(*pt.add(kv * TILE_Q + row));
             for (acc, value) in acc_row.iter_mut().zip(values) {
                 *acc = _mm256_fmadd_ps(weight, value, *acc);
             }
@@ -477,7 +584,7 @@ unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(
     }
     for (row, acc_row) in acc.iter().enumerate() {
         for (c, acc) in acc_row.iter().enumerate() {
-            _mm256_storeu_ps(o.add(row * head_dim + c * LANES), *acc);
+            _mm256_storeu_ps(o.add(row * o_row_stride + c * LANES), *acc);
         }
     }
 }

@@ -8,18 +8,22 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::{pv_tile_shape, qk_tile_rows, sealed, Isa, Simd, TILE_KV};
+use super::{
+    pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q,
+};
 
-/// The token for AVX-512 Foundation code.
+/// The token for AVX-512 Foundation code, noting whether AVX512_BF16 is present too.
 #[derive(Debug, Clone, Copy)]
 pub struct Avx512 {
-    _detected: (),
+    bf16: bool,
 }
 
 impl Avx512 {
     /// Returns the token when this CPU supports AVX-512 Foundation.
     pub fn new() -> Option<Self> {
-        is_x86_feature_detected!("avx512f").then_some(Self { _detected: () })
+        is_x86_feature_detected!("avx512f").then(|| Self {
+            bf16: is_x86_feature_detected!("avx512bf16"),
+        })
     }
 }
 
@@ -84,29 +88,114 @@ impl Simd for Avx512 {
         unsafe { exp_sub_sum(x.as_mut_ptr(), x.len(), shift) }
     }
 
-    fn qk_tile(self, q: &[f32], kt: &[f32], scale: f32, head_dim: usize, s: &mut [f32]) {
-        let rows = qk_tile_rows(q, kt, head_dim, s);
-        // SAFETY: the token proves avx512f; `qk_tile_rows` guarantees `q` holds
-        // `rows * head_dim`, `kt` holds `head_dim * TILE_KV` and `s` holds
-        // `rows * TILE_KV` elements.
+    fn qk_tile(
+        self,
+        qt: &[f32],
+        k: &[f32],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        let cols = qk_tile_cols(qt, k, k_row_stride, cols, head_dim, st);
+        // SAFETY: the token proves avx512f; `qk_tile_cols` guarantees `qt` holds
+        // `head_dim * TILE_Q` elements, `k` has `cols` rows of `head_dim` at
+        // `k_row_stride`, and `st` contains `cols * TILE_Q` elements.
         unsafe {
             qk_tile(
-                q.as_ptr(),
-                kt.as_ptr(),
-                scale,
+                qt.as_ptr(),
+                k.as_ptr(),
+                k_row_stride,
+                cols,
                 head_dim,
-                s.as_mut_ptr(),
-                rows,
+                scale,
+                st.as_mut_ptr(),
             )
         }
     }
 
-    fn pv_tile(self, p: &[f32], v: &[f32], cols: usize, head_dim: usize, o: &mut [f32]) {
-        let (rows, cols) = pv_tile_shape(p, v, cols, head_dim, o);
-        // SAFETY: the token proves avx512f; `pv_tile_shape` guarantees `p` holds
-        // `rows * TILE_KV`, `v` holds `cols * head_dim` and `o` holds
-        // `rows * head_dim` elements, with `cols <= TILE_KV`.
-        unsafe { pv_tile(p.as_ptr(), v.as_ptr(), cols, head_dim, o.as_mut_ptr(), rows) }
+    fn has_bf16_dot(self) -> bool {
+        self.bf16
+    }
+
+    fn qk_tile_bf16(
+        self,
+        qp: &[bf16],
+        k: &[bf16],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        if !self.bf16 {
+            return super::portable::qk_tile_bf16(qp, k, k_row_stride, cols, head_dim, scale, st);
+        }
+        let cols = qk_tile_bf16_cols(qp, k, k_row_stride, cols, head_dim, st);
+        // SAFETY: the token proves avx512f and, with `self.bf16`, avx512bf16;
+        // `qk_tile_bf16_cols` guarantees `qp` contains `ceil(head_dim / 2) * 2 * TILE_Q`
+        // elements, `k` has `cols` rows of `head_dim` at `k_row_stride`, and `st`
+        // contains `cols * TILE_Q` elements.
+        unsafe {
+            qk_tile_bf16(
+                qp.as_ptr(),
+                k.as_ptr(),
+                k_row_stride,
+                cols,
+                head_dim,
+                scale,
+                st.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    ) {
+        let cols = softmax_tile_cols(st, cols, m, l, correction);
+        // SAFETY: the token proves avx512f; `softmax_tile_cols` guarantees `st` holds
+        // `cols * TILE_Q` elements and `m`, `l`, `correction` contain `TILE_Q` each.
+        unsafe {
+            softmax_tile(
+                st.as_mut_ptr(),
+                cols,
+                m.as_mut_ptr(),
+                l.as_mut_ptr(),
+                correction.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
+        // SAFETY: the token proves avx512f; `pv_tile_shape` guarantees `pt` holds
+        // `cols * TILE_Q` elements, `v` has `cols` rows of `head_dim` at
+        // `v_row_stride`, `o` contains `rows * head_dim` elements and `rows <= TILE_Q`.
+        unsafe {
+            pv_tile(
+                pt.as_ptr(),
+                v.as_ptr(),
+                v_row_stride,
+                cols,
+                head_dim,
+                o.as_mut_ptr(),
+                rows,
+            )
+        }
     }
 }
 
@@ -327,70 +416,180 @@ unsafe fn exp_sub_sum(x: *mut f32, n: usize, shift: f32) -> f32 {
     _mm512_reduce_add_ps(sum)
 }
 
-/// Vectors per score row: `TILE_KV / LANES`.
-const TILE_VECTORS: usize = TILE_KV / LANES;
+/// Vectors per transposed score row: `TILE_Q / LANES`.
+const TILE_VECTORS: usize = TILE_Q / LANES;
 
 #[target_feature(enable = "avx512f")]
 unsafe fn qk_tile(
-    q: *const f32,
-    kt: *const f32,
-    scale: f32,
+    qt: *const f32,
+    k: *const f32,
+    k_row_stride: usize,
+    cols: usize,
     head_dim: usize,
-    s: *mut f32,
-    rows: usize,
+    scale: f32,
+    st: *mut f32,
 ) {
-    let mut row = 0;
-    while row + 6 <= rows {
-        qk_rows::<6>(
-            q.add(row * head_dim),
-            kt,
-            scale,
+    let mut col = 0;
+    while col + 6 <= cols {
+        qk_keys::<6>(
+            qt,
+            k.add(col * k_row_stride),
+            k_row_stride,
             head_dim,
-            s.add(row * TILE_KV),
+            scale,
+            st.add(col * TILE_Q),
         );
-        row += 6;
+        col += 6;
     }
-    while row < rows {
-        qk_rows::<1>(
-            q.add(row * head_dim),
-            kt,
-            scale,
+    if col + 4 <= cols {
+        qk_keys::<4>(
+            qt,
+            k.add(col * k_row_stride),
+            k_row_stride,
             head_dim,
-            s.add(row * TILE_KV),
+            scale,
+            st.add(col * TILE_Q),
         );
-        row += 1;
+        col += 4;
+    }
+    while col < cols {
+        qk_keys::<1>(
+            qt,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 1;
     }
 }
 
-/// Computes `ROWS` score rows; the `ROWS x 4` accumulators stay in registers.
+/// Computes the scores of `KEYS` keys against all `TILE_Q` queries; the `KEYS x 4`
+/// accumulators stay in registers.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn qk_rows<const ROWS: usize>(
-    q: *const f32,
-    kt: *const f32,
-    scale: f32,
+unsafe fn qk_keys<const KEYS: usize>(
+    qt: *const f32,
+    k: *const f32,
+    k_row_stride: usize,
     head_dim: usize,
-    s: *mut f32,
+    scale: f32,
+    st: *mut f32,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); TILE_VECTORS]; ROWS];
+    let mut acc = [[_mm512_setzero_ps(); TILE_VECTORS]; KEYS];
     for d in 0..head_dim {
-        let kt_row = kt.add(d * TILE_KV);
-        let mut keys = [_mm512_setzero_ps(); TILE_VECTORS];
-        for (c, key) in keys.iter_mut().enumerate() {
-            *key = _mm512_loadu_ps(kt_row.add(c * LANES));
+        let qt_row = qt.add(d * TILE_Q);
+        let mut queries = [_mm512_setzero_ps(); TILE_VECTORS];
+        for (c, query) in queries.iter_mut().enumerate() {
+            *query = _mm512_loadu_ps(qt_row.add(c * LANES));
         }
-        for (row, acc_row) in acc.iter_mut().enumerate() {
-            let q_value = _mm512_set1_ps(*q.add(row * head_dim + d));
-            for (acc, key) in acc_row.iter_mut().zip(keys) {
-                *acc = _mm512_fmadd_ps(q_value, key, *acc);
+        for (key, acc_row) in acc.iter_mut().enumerate() {
+            let k_value = _mm512_set1_ps(*k.add(key * k_row_stride + d));
+            for (acc, query) in acc_row.iter_mut().zip(queries) {
+                *acc = _mm512_fmadd_ps(k_value, query, *acc);
             }
         }
     }
     let scale_v = _mm512_set1_ps(scale);
-    for (row, acc_row) in acc.iter().enumerate() {
+    for (key, acc_row) in acc.iter().enumerate() {
         for (c, acc) in acc_row.iter().enumerate() {
             _mm512_storeu_ps(
-                s.add(row * TILE_KV + c * LANES),
+                st.add(key * TILE_Q + c * LANES),
+                _mm512_mul_ps(*acc, scale_v),
+            );
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn qk_tile_bf16(
+    qp: *const bf16,
+    k: *const bf16,
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    scale: f32,
+    st: *mut f32,
+) {
+    let mut col = 0;
+    while col + 6 <= cols {
+        qk_keys_bf16::<6>(
+            qp,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 6;
+    }
+    if col + 4 <= cols {
+        qk_keys_bf16::<4>(
+            qp,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 4;
+    }
+    while col < cols {
+        qk_keys_bf16::<1>(
+            qp,
+            k.add(col * k_row_stride),
+            k_row_stride,
+            head_dim,
+            scale,
+            st.add(col * TILE_Q),
+        );
+        col += 1;
+    }
+}
+
+/// Computes the scores of `KEYS` keys against all `TILE_Q` queries with `vdpbf16ps`,
+/// which multiplies pairs of bf16 values and adds both products to an f32 lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn qk_keys_bf16<const KEYS: usize>(
+    qp: *const bf16,
+    k: *const bf16,
+    k_row_stride: usize,
+    head_dim: usize,
+    scale: f32,
+    st: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); TILE_VECTORS]; KEYS];
+    for pair in 0..head_dim.div_ceil(2) {
+        // Lane i of vector c holds the pair (q[16c + i][2 pair], q[16c + i][2 pair + 1]).
+        let qp_row = qp.add(pair * 2 * TILE_Q);
+        let mut queries = [_mm512_setzero_si512(); TILE_VECTORS];
+        for (c, query) in queries.iter_mut().enumerate() {
+            *query = _mm512_loadu_si512(qp_row.add(c * 2 * LANES).cast());
+        }
+        let d = 2 * pair;
+        for (key, acc_row) in acc.iter_mut().enumerate() {
+            let k_row = k.add(key * k_row_stride);
+            // The two bf16 keys of the pair as one 32-bit lane, low half first; an odd
+            // head_dim leaves the high half 0, matching the zero-padded queries.
+            let bits = if d + 1 < head_dim {
+                (k_row.add(d) as *const u32).read_unaligned()
+            } else {
+                u32::from((*k_row.add(d)).to_bits())
+            };
+            let keys: __m512bh = std::mem::transmute(_mm512_set1_epi32(bits as i32));
+            for (acc, query) in acc_row.iter_mut().zip(queries) {
+                *acc =
+                    _mm512_dpbf16_ps(*acc, keys, std::mem::transmute::<__m512i, __m512bh>(query));
+            }
+        }
+    }
+    let scale_v = _mm512_set1_ps(scale);
+    for (key, acc_row) in acc.iter().enumerate() {
+        for (c, acc) in acc_row.iter().enumerate() {
+            _mm512_storeu_ps(
+                st.add(key * TILE_Q + c * LANES),
                 _mm512_mul_ps(*acc, scale_v),
             );
         }
@@ -398,9 +597,44 @@ unsafe fn qk_rows<const ROWS: usize>(
 }
 
 #[target_feature(enable = "avx512f")]
+unsafe fn softmax_tile(st: *mut f32, cols: usize, m: *mut f32, l: *mut f32, correction: *mut f32) {
+    let negative_infinity = _mm512_set1_ps(f32::NEG_INFINITY);
+    for c in 0..TILE_VECTORS {
+        let offset = c * LANES;
+        let m_old = _mm512_loadu_ps(m.add(offset));
+        let mut block_max = negative_infinity;
+        for j in 0..cols {
+            block_max = _mm512_max_ps(block_max, _mm512_loadu_ps(st.add(j * TILE_Q + offset)));
+        }
+        let m_new = _mm512_max_ps(m_old, block_max);
+        // With nothing visible so far, subtract 0 instead of -inf: exp(-inf - 0) = 0,
+        // where exp(-inf - -inf) would be NaN.
+        let nothing_visible = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(m_new, negative_infinity);
+        let shift = _mm512_mask_blend_ps(nothing_visible, m_new, _mm512_setzero_ps());
+        let mut sum = _mm512_setzero_ps();
+        for j in 0..cols {
+            let p = exp(_mm512_sub_ps(
+                _mm512_loadu_ps(st.add(j * TILE_Q + offset)),
+                shift,
+            ));
+            _mm512_storeu_ps(st.add(j * TILE_Q + offset), p);
+            sum = _mm512_add_ps(sum, p);
+        }
+        let factor = exp(_mm512_sub_ps(m_old, shift));
+        _mm512_storeu_ps(correction.add(offset), factor);
+        _mm512_storeu_ps(
+            l.add(offset),
+            _mm512_fmadd_ps(_mm512_loadu_ps(l.add(offset)), factor, sum),
+        );
+        _mm512_storeu_ps(m.add(offset), m_new);
+    }
+}
+
+#[target_feature(enable = "avx512f")]
 unsafe fn pv_tile(
-    p: *const f32,
+    pt: *const f32,
     v: *const f32,
+    v_row_stride: usize,
     cols: usize,
     head_dim: usize,
     o: *mut f32,
@@ -415,19 +649,35 @@ unsafe fn pv_tile(
         let last_mask = lane_mask(width - (vectors - 1) * LANES);
         let mut row = 0;
         while row < rows {
-            let p_rows = p.add(row * TILE_KV);
-            let v_chunk = v.add(d0);
-            let o_rows = o.add(row * head_dim + d0);
-            let step = if row + 4 <= rows { 4 } else { 1 };
+            let step = if row + 6 <= rows {
+                6
+            } else if row + 4 <= rows {
+                4
+            } else {
+                1
+            };
+            let chunk = ValueChunk {
+                pt: pt.add(row),
+                v: v.add(d0),
+                v_row_stride,
+                cols,
+                o: o.add(row * head_dim + d0),
+                o_row_stride: head_dim,
+                last_mask,
+            };
             match (step, vectors) {
-                (4, 1) => pv_rows::<4, 1>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
-                (4, 2) => pv_rows::<4, 2>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
-                (4, 3) => pv_rows::<4, 3>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
-                (4, _) => pv_rows::<4, 4>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
-                (_, 1) => pv_rows::<1, 1>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
-                (_, 2) => pv_rows::<1, 2>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
-                (_, 3) => pv_rows::<1, 3>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
-                (_, _) => pv_rows::<1, 4>(p_rows, v_chunk, cols, head_dim, o_rows, last_mask),
+                (6, 1) => pv_rows::<6, 1>(chunk),
+                (6, 2) => pv_rows::<6, 2>(chunk),
+                (6, 3) => pv_rows::<6, 3>(chunk),
+                (6, _) => pv_rows::<6, 4>(chunk),
+                (4, 1) => pv_rows::<4, 1>(chunk),
+                (4, 2) => pv_rows::<4, 2>(chunk),
+                (4, 3) => pv_rows::<4, 3>(chunk),
+                (4, _) => pv_rows::<4, 4>(chunk),
+                (_, 1) => pv_rows::<1, 1>(chunk),
+                (_, 2) => pv_rows::<1, 2>(chunk),
+                (_, 3) => pv_rows::<1, 3>(chunk),
+                (_, _) => pv_rows::<1, 4>(chunk),
             }
             row += step;
         }
@@ -435,32 +685,47 @@ unsafe fn pv_tile(
     }
 }
 
+/// One block of a value tile product: pointers already offset to its first row and
+/// head_dim column.
+#[derive(Clone, Copy)]
+struct ValueChunk {
+    pt: *const f32,
+    v: *const f32,
+    v_row_stride: usize,
+    cols: usize,
+    o: *mut f32,
+    o_row_stride: usize,
+    last_mask: __mmask16,
+}
+
 /// Accumulates `ROWS` output rows over `VECTORS * 16` columns of head_dim.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(
-    p: *const f32,
-    v: *const f32,
-    cols: usize,
-    head_dim: usize,
-    o: *mut f32,
-    last_mask: __mmask16,
-) {
+unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(chunk: ValueChunk) {
+    let ValueChunk {
+        pt,
+        v,
+        v_row_stride,
+        cols,
+        o,
+        o_row_stride,
+        last_mask,
+    } = chunk;
     let mask = |c: usize| if c + 1 == VECTORS { last_mask } else { 0xFFFF };
     let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
     for (row, acc_row) in acc.iter_mut().enumerate() {
         for (c, acc) in acc_row.iter_mut().enumerate() {
-            *acc = _mm512_maskz_loadu_ps(mask(c), o.add(row * head_dim + c * LANES));
+            *acc = _mm512_maskz_loadu_ps(mask(c), o.add(row * o_row_stride + c * LANES));
         }
     }
     for kv in 0..cols {
-        let v_row = v.add(kv * head_dim);
+        let v_row = v.add(kv * v_row_stride);
         let mut values = [_mm512_setzero_ps(); VECTORS];
         for (c, value) in values.iter_mut().enumerate() {
             *value = _mm512_maskz_loadu_ps(mask(c), v_row.add(c * LANES));
         }
         for (row, acc_row) in acc.iter_mut().enumerate() {
-            let weight = _mm512_set1_ps(*p.add(row * TILE_KV + kv));
+            let weight = _mm512_set1_ps(*pt.add(kv * TILE_Q + row));
             for (acc, value) in acc_row.iter_mut().zip(values) {
                 *acc = _mm512_fmadd_ps(weight, value, *acc);
             }
@@ -468,7 +733,7 @@ unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(
     }
     for (row, acc_row) in acc.iter().enumerate() {
         for (c, acc) in acc_row.iter().enumerate() {
-            _mm512_mask_storeu_ps(o.add(row * head_dim + c * LANES), mask(c), *acc);
+            _mm512_mask_storeu_ps(o.add(row * o_row_stride + c * LANES), mask(c), *acc);
         }
     }
 }

@@ -30,8 +30,11 @@ pub use avx512::Avx512;
 pub use neon::Neon;
 pub use portable::Portable;
 
-/// Width in keys of the score tiles that [`Simd::qk_tile`] and [`Simd::pv_tile`] use.
+/// Maximum keys in the score tiles of [`Simd::qk_tile`] and [`Simd::pv_tile`].
 pub const TILE_KV: usize = 64;
+
+/// Queries in the score tiles of [`Simd::qk_tile`] and [`Simd::pv_tile`].
+pub const TILE_Q: usize = 64;
 
 /// An instruction set the kernels can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,46 +126,166 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
     /// subnormals, which the softmax never needs.
     fn exp_sub_sum(self, x: &mut [f32], shift: f32) -> f32;
 
-    /// Computes a score tile: `s[i][j] = scale * sum_d q[i][d] * kt[d][j]`.
+    /// Computes a transposed score tile: `st[j][i] = scale * sum_d k[j][d] * qt[d][i]`.
     ///
     /// # Shapes
-    /// `q: [rows, head_dim]`, `kt: [head_dim, TILE_KV]` (keys transposed, zero-padded),
-    /// `s: [rows, TILE_KV]`, with `rows = q.len() / head_dim`. Slices shorter than these
-    /// shapes shrink the tile to the rows that fit; a short `kt` computes nothing.
-    fn qk_tile(self, q: &[f32], kt: &[f32], scale: f32, head_dim: usize, s: &mut [f32]);
+    /// `qt: [head_dim, TILE_Q]` (queries transposed, zero-padded), key row `j < cols` at
+    /// `k[j * k_row_stride..][..head_dim]`, `st: [cols, TILE_Q]`, `cols <= TILE_KV`.
+    /// When a slice is shorter than its shape, `cols` shrinks to the key rows that fit,
+    /// and a short `qt` computes nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_tile(
+        self,
+        qt: &[f32],
+        k: &[f32],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    );
 
-    /// Accumulates `o[i][d] += sum_j p[i][j] * v[j][d]` for `j < cols`.
+    /// Returns true when [`Simd::qk_tile_bf16`] uses native bf16 dot-product
+    /// instructions (AVX512_BF16 `vdpbf16ps`), so bf16 inputs should take that path.
+    fn has_bf16_dot(self) -> bool {
+        false
+    }
+
+    /// Computes a transposed score tile from bf16 inputs:
+    /// `st[j][i] = scale * sum_d k[j][d] * q[i][d]`, products and sums in f32.
     ///
     /// # Shapes
-    /// `p: [rows, TILE_KV]`, `v: [cols, head_dim]`, `o: [rows, head_dim]`, with
-    /// `rows = o.len() / head_dim` and `cols <= TILE_KV`. Slices shorter than these
-    /// shapes shrink the tile to what fits.
-    fn pv_tile(self, p: &[f32], v: &[f32], cols: usize, head_dim: usize, o: &mut [f32]);
+    /// `qp: [ceil(head_dim / 2), TILE_Q, 2]`, the queries in pairs of consecutive
+    /// head_dim elements (the last pair zero-padded for odd head_dim); key row
+    /// `j < cols` at `k[j * k_row_stride..][..head_dim]`; `st: [cols, TILE_Q]`. Short
+    /// slices shrink `cols`; a short `qp` computes nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_tile_bf16(
+        self,
+        qp: &[bf16],
+        k: &[bf16],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        portable::qk_tile_bf16(qp, k, k_row_stride, cols, head_dim, scale, st)
+    }
+
+    /// Runs one online-softmax step over the key axis of a transposed score tile.
+    ///
+    /// For each query column `i`: `m' = max(m[i], max_j st[j][i])`, `st[j][i] =
+    /// exp(st[j][i] - m')`, `correction[i] = exp(m[i] - m')`, `l[i] = l[i] *
+    /// correction[i] + sum_j st[j][i]`, `m[i] = m'`. A column whose scores are all
+    /// -inf so far keeps `m = -inf`, `l = 0` and gets probabilities 0, never NaN.
+    ///
+    /// # Shapes
+    /// `st: [cols, TILE_Q]`; `m, l, correction: [TILE_Q]`. Short slices shrink `cols`;
+    /// a short `m`, `l` or `correction` computes nothing.
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    );
+
+    /// Accumulates `o[i][d] += sum_j pt[j][i] * v[j * v_row_stride + d]` for `j < cols`.
+    ///
+    /// # Shapes
+    /// `pt: [cols, TILE_Q]`, value row `j` at `v[j * v_row_stride..][..head_dim]`,
+    /// `o: [rows, head_dim]` with `rows = o.len() / head_dim <= TILE_Q`. Short slices
+    /// shrink `cols` and `rows` to what fits.
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    );
 }
 
-/// Returns the number of rows that fit every slice of a qk tile, or 0 when `kt` is short.
+/// Returns how many rows of a strided `[rows, head_dim]` slice of `len` elements fit,
+/// up to `rows`.
 #[inline]
-fn qk_tile_rows(q: &[f32], kt: &[f32], head_dim: usize, s: &[f32]) -> usize {
-    if head_dim == 0 || kt.len() < head_dim * TILE_KV {
+fn strided_rows(len: usize, row_stride: usize, rows: usize, head_dim: usize) -> usize {
+    if len < head_dim {
         return 0;
     }
-    (q.len() / head_dim).min(s.len() / TILE_KV)
+    // Row r needs r * row_stride + head_dim <= len; with stride 0 every row fits.
+    let fitting = (len - head_dim)
+        .checked_div(row_stride)
+        .map_or(rows, |last| last + 1);
+    rows.min(fitting)
+}
+
+/// Returns the key rows that fit every slice of a bf16 qk tile, or 0 when `qp` is short.
+#[inline]
+fn qk_tile_bf16_cols(
+    qp: &[bf16],
+    k: &[bf16],
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    st: &[f32],
+) -> usize {
+    if head_dim == 0 || qp.len() < head_dim.div_ceil(2) * 2 * TILE_Q {
+        return 0;
+    }
+    strided_rows(k.len(), k_row_stride, cols.min(TILE_KV), head_dim).min(st.len() / TILE_Q)
+}
+
+/// Returns the key rows that fit every slice of a qk tile, or 0 when `qt` is short.
+#[inline]
+fn qk_tile_cols(
+    qt: &[f32],
+    k: &[f32],
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    st: &[f32],
+) -> usize {
+    if head_dim == 0 || qt.len() < head_dim * TILE_Q {
+        return 0;
+    }
+    strided_rows(k.len(), k_row_stride, cols.min(TILE_KV), head_dim).min(st.len() / TILE_Q)
 }
 
 /// Returns `(rows, cols)` that fit every slice of a pv tile.
 #[inline]
-fn pv_tile_shape(p: &[f32], v: &[f32], cols: usize, head_dim: usize, o: &[f32]) -> (usize, usize) {
+fn pv_tile_shape(
+    pt: &[f32],
+    v: &[f32],
+    v_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    o: &[f32],
+) -> (usize, usize) {
     if head_dim == 0 {
         return (0, 0);
     }
-    let cols = cols.min(TILE_KV).min(v.len() / head_dim);
-    let rows = (o.len() / head_dim).min(p.len() / TILE_KV);
+    let cols =
+        strided_rows(v.len(), v_row_stride, cols.min(TILE_KV), head_dim).min(pt.len() / TILE_Q);
+    let rows = (o.len() / head_dim).min(TILE_Q);
     (rows, cols)
+}
+
+/// Returns the key rows a softmax tile may touch, or 0 when a per-query slice is short.
+#[inline]
+fn softmax_tile_cols(st: &[f32], cols: usize, m: &[f32], l: &[f32], correction: &[f32]) -> usize {
+    if m.len() < TILE_Q || l.len() < TILE_Q || correction.len() < TILE_Q {
+        return 0;
+    }
+    cols.min(st.len() / TILE_Q)
 }
 
 /// An operation generic over the instruction set, run by [`dispatch`].
 pub trait SimdOp {
-    /// What the operation returns.
+    /// The result type of the operation.
     type Output;
 
     /// Runs the operation with the given token.

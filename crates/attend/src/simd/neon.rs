@@ -3,6 +3,9 @@
 //! NEON is part of the AArch64 baseline, so the portable loops are already compiled to
 //! NEON; the row primitives here add explicit four-way accumulation, and the tile and
 //! exponential functions reuse the portable code.
+//!
+//! NOTE: this module is type-checked for `aarch64-unknown-linux-gnu` but has not been
+//! run on ARM hardware; the tests that compare it with the portable code run only there.
 
 use std::arch::aarch64::*;
 
@@ -73,12 +76,40 @@ impl Simd for Neon {
         Portable.exp_sub_sum(x, shift)
     }
 
-    fn qk_tile(self, q: &[f32], kt: &[f32], scale: f32, head_dim: usize, s: &mut [f32]) {
-        Portable.qk_tile(q, kt, scale, head_dim, s)
+    fn qk_tile(
+        self,
+        qt: &[f32],
+        k: &[f32],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        Portable.qk_tile(qt, k, k_row_stride, cols, head_dim, scale, st)
     }
 
-    fn pv_tile(self, p: &[f32], v: &[f32], cols: usize, head_dim: usize, o: &mut [f32]) {
-        Portable.pv_tile(p, v, cols, head_dim, o)
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    ) {
+        Portable.softmax_tile(st, cols, m, l, correction)
+    }
+
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        Portable.pv_tile(pt, v, v_row_stride, cols, head_dim, o)
     }
 }
 

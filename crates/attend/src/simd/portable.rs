@@ -2,7 +2,9 @@
 
 use half::{bf16, f16};
 
-use super::{pv_tile_shape, qk_tile_rows, sealed, Isa, Simd, TILE_KV};
+use super::{
+    pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q,
+};
 
 /// The token for plain Rust code; always available.
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,35 +66,113 @@ impl Simd for Portable {
         sum
     }
 
-    fn qk_tile(self, q: &[f32], kt: &[f32], scale: f32, head_dim: usize, s: &mut [f32]) {
-        let rows = qk_tile_rows(q, kt, head_dim, s);
-        for row_idx in 0..rows {
-            let q_row = &q[row_idx * head_dim..][..head_dim];
-            let s_row = &mut s[row_idx * TILE_KV..][..TILE_KV];
-            s_row.fill(0.0);
-            for (d, &q_value) in q_row.iter().enumerate() {
-                let kt_row = &kt[d * TILE_KV..][..TILE_KV];
-                for (acc, &k_value) in s_row.iter_mut().zip(kt_row) {
-                    *acc += q_value * k_value;
+    fn qk_tile(
+        self,
+        qt: &[f32],
+        k: &[f32],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        st: &mut [f32],
+    ) {
+        let cols = qk_tile_cols(qt, k, k_row_stride, cols, head_dim, st);
+        for col in 0..cols {
+            let k_row = &k[col * k_row_stride..][..head_dim];
+            let st_row = &mut st[col * TILE_Q..][..TILE_Q];
+            st_row.fill(0.0);
+            for (d, &k_value) in k_row.iter().enumerate() {
+                let qt_row = &qt[d * TILE_Q..][..TILE_Q];
+                for (acc, &q_value) in st_row.iter_mut().zip(qt_row) {
+                    *acc += k_value * q_value;
                 }
             }
-            for acc in s_row.iter_mut() {
+            for acc in st_row.iter_mut() {
                 *acc *= scale;
             }
         }
     }
 
-    fn pv_tile(self, p: &[f32], v: &[f32], cols: usize, head_dim: usize, o: &mut [f32]) {
-        let (rows, cols) = pv_tile_shape(p, v, cols, head_dim, o);
-        for row_idx in 0..rows {
-            let p_row = &p[row_idx * TILE_KV..][..cols];
-            let o_row = &mut o[row_idx * head_dim..][..head_dim];
-            for (kv_idx, &weight) in p_row.iter().enumerate() {
-                let v_row = &v[kv_idx * head_dim..][..head_dim];
+    fn softmax_tile(
+        self,
+        st: &mut [f32],
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        correction: &mut [f32],
+    ) {
+        let cols = softmax_tile_cols(st, cols, m, l, correction);
+        for i in 0..TILE_Q {
+            let block_max = (0..cols)
+                .map(|j| st[j * TILE_Q + i])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let m_new = m[i].max(block_max);
+            // With nothing visible so far, subtract 0 instead of -inf: exp(-inf - 0) = 0,
+            // where exp(-inf - -inf) would be NaN.
+            let shift = if m_new == f32::NEG_INFINITY {
+                0.0
+            } else {
+                m_new
+            };
+            let mut sum = 0.0;
+            for j in 0..cols {
+                let p = (st[j * TILE_Q + i] - shift).exp();
+                st[j * TILE_Q + i] = p;
+                sum += p;
+            }
+            correction[i] = (m[i] - shift).exp();
+            l[i] = l[i] * correction[i] + sum;
+            m[i] = m_new;
+        }
+    }
+
+    fn pv_tile(
+        self,
+        pt: &[f32],
+        v: &[f32],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
+        for row in 0..rows {
+            let o_row = &mut o[row * head_dim..][..head_dim];
+            for col in 0..cols {
+                let weight = pt[col * TILE_Q + row];
+                let v_row = &v[col * v_row_stride..][..head_dim];
                 for (acc, &v_value) in o_row.iter_mut().zip(v_row) {
                     *acc += weight * v_value;
                 }
             }
+        }
+    }
+}
+
+/// Computes a bf16 score tile in plain Rust; every token without bf16 dot products uses it.
+pub(super) fn qk_tile_bf16(
+    qp: &[bf16],
+    k: &[bf16],
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    scale: f32,
+    st: &mut [f32],
+) {
+    let cols = qk_tile_bf16_cols(qp, k, k_row_stride, cols, head_dim, st);
+    for col in 0..cols {
+        let k_row = &k[col * k_row_stride..][..head_dim];
+        let st_row = &mut st[col * TILE_Q..][..TILE_Q];
+        st_row.fill(0.0);
+        for (d, k_value) in k_row.iter().enumerate() {
+            let k_value = k_value.to_f32();
+            let pairs = &qp[(d / 2) * 2 * TILE_Q..][..2 * TILE_Q];
+            for (query, acc) in st_row.iter_mut().enumerate() {
+                *acc += k_value * pairs[2 * query + d % 2].to_f32();
+            }
+        }
+        for acc in st_row.iter_mut() {
+            *acc *= scale;
         }
     }
 }

@@ -4,7 +4,7 @@ use half::{bf16, f16};
 
 use super::*;
 
-/// The instruction sets this CPU can run, portable first.
+/// Returns the instruction sets this CPU can run, portable first.
 fn available_isas() -> Vec<Isa> {
     [Isa::Portable, Isa::Avx2Fma, Isa::Avx512, Isa::Neon]
         .into_iter()
@@ -58,7 +58,7 @@ impl SimdOp for RowPrimitives {
     }
 }
 
-/// Computes a score tile and a value tile for awkward head dims and row counts.
+/// Computes score, softmax and value tiles for awkward head dims, key counts and strides.
 struct TilePrimitives;
 
 impl SimdOp for TilePrimitives {
@@ -67,21 +67,102 @@ impl SimdOp for TilePrimitives {
     fn run<S: Simd>(self, simd: S) -> Vec<f32> {
         let mut results = Vec::new();
         for head_dim in [1, 3, 16, 17, 64, 100] {
-            for rows in [1, 5, 7, 64] {
-                let q = values(rows * head_dim, 3);
-                let kt = values(head_dim * TILE_KV, 4);
-                let mut s = vec![0.0; rows * TILE_KV];
-                simd.qk_tile(&q, &kt, 0.125, head_dim, &mut s);
-                results.extend(&s);
-                for cols in [1, 13, TILE_KV] {
-                    let v = values(cols * head_dim, 5);
-                    let mut o = values(rows * head_dim, 6);
-                    simd.pv_tile(&s, &v, cols, head_dim, &mut o);
-                    results.extend(&o);
+            for cols in [1, 5, 7, 13, TILE_KV] {
+                for row_stride in [head_dim, head_dim + 3] {
+                    let qt = values(head_dim * TILE_Q, 3);
+                    let k = values(cols * row_stride, 4);
+                    let mut st = vec![0.0; cols * TILE_Q];
+                    simd.qk_tile(&qt, &k, row_stride, cols, head_dim, 0.125, &mut st);
+                    results.extend(&st);
+
+                    // The same scores from bf16 inputs, queries in pairs along head_dim.
+                    let k_bf16: Vec<bf16> = k.iter().map(|&x| bf16::from_f32(x)).collect();
+                    let mut qp = vec![bf16::ZERO; head_dim.div_ceil(2) * 2 * TILE_Q];
+                    for d in 0..head_dim {
+                        for i in 0..TILE_Q {
+                            qp[(d / 2) * 2 * TILE_Q + 2 * i + d % 2] =
+                                bf16::from_f32(qt[d * TILE_Q + i]);
+                        }
+                    }
+                    let mut st_bf16 = vec![0.0; cols * TILE_Q];
+                    simd.qk_tile_bf16(
+                        &qp,
+                        &k_bf16,
+                        row_stride,
+                        cols,
+                        head_dim,
+                        0.125,
+                        &mut st_bf16,
+                    );
+                    results.extend(&st_bf16);
+
+                    // Hide some scores, and all of query 5, to exercise the -inf guard.
+                    for (index, score) in st.iter_mut().enumerate() {
+                        if index % 7 == 3 || index % TILE_Q == 5 {
+                            *score = f32::NEG_INFINITY;
+                        }
+                    }
+                    let mut m = values(TILE_Q, 9);
+                    m[5] = f32::NEG_INFINITY;
+                    let mut l = values(TILE_Q, 10)
+                        .iter()
+                        .map(|x| x.abs())
+                        .collect::<Vec<_>>();
+                    l[5] = 0.0;
+                    let mut correction = vec![0.0; TILE_Q];
+                    simd.softmax_tile(&mut st, cols, &mut m, &mut l, &mut correction);
+                    results.extend(st.iter().chain(&m).chain(&l).chain(&correction));
+
+                    for rows in [1, 5, TILE_Q] {
+                        let v = values(cols * row_stride, 5);
+                        let mut o = values(rows * head_dim, 6);
+                        simd.pv_tile(&st, &v, row_stride, cols, head_dim, &mut o);
+                        results.extend(&o);
+                    }
                 }
             }
         }
         results
+    }
+}
+
+#[test]
+fn softmax_tile_keeps_hidden_queries_finite() {
+    struct Op;
+    impl SimdOp for Op {
+        type Output = Vec<f32>;
+        fn run<S: Simd>(self, simd: S) -> Vec<f32> {
+            let mut st = vec![f32::NEG_INFINITY; 3 * TILE_Q];
+            st[TILE_Q + 1] = 2.0;
+            let mut m = vec![f32::NEG_INFINITY; TILE_Q];
+            let mut l = vec![0.0; TILE_Q];
+            let mut correction = vec![0.0; TILE_Q];
+            simd.softmax_tile(&mut st, 3, &mut m, &mut l, &mut correction);
+            st.iter()
+                .chain(&m)
+                .chain(&l)
+                .chain(&correction)
+                .copied()
+                .collect()
+        }
+    }
+    for isa in available_isas() {
+        let x = dispatch(isa, Op).unwrap();
+        let (st, rest) = x.split_at(3 * TILE_Q);
+        let (m, rest) = rest.split_at(TILE_Q);
+        let (l, correction) = rest.split_at(TILE_Q);
+        for (index, &p) in st.iter().enumerate() {
+            let expected = if index == TILE_Q + 1 { 1.0 } else { 0.0 };
+            assert_eq!(p, expected, "{isa:?} probability {index}");
+        }
+        assert_eq!(m[1], 2.0, "{isa:?}");
+        assert_eq!(l[1], 1.0, "{isa:?}");
+        assert_eq!(
+            (m[0], l[0], correction[0]),
+            (f32::NEG_INFINITY, 0.0, 0.0),
+            "{isa:?}"
+        );
+        assert_eq!(correction[1], 0.0, "{isa:?}");
     }
 }
 

@@ -2,14 +2,22 @@
 //! quantised tokens, with runtime instruction-set dispatch in [`dot_tile`].
 //!
 //! A kernel computes, for each row `r` and token `t` of the tile,
-//! `sum_lane idot(lane) * w_scale[r, lane] * x_scale[t, lane]`, where
-//! `idot(lane)` is the exact integer dot product of the 4 unsigned weight
-//! codes and 4 signed activation codes of that lane. The per-16 offset terms
-//! are added by the caller.
+//!
+//! ```text
+//! sum_lane idot(lane) * w_scale[r, lane] * x_scale[t, lane]
+//!   + sum_group w_offset[r, group] * x_sum[t, group]
+//! ```
+//!
+//! where `idot(lane)` is the exact integer dot product of the 4 unsigned
+//! weight codes and 4 signed activation codes of that lane.
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_direct;
 #[cfg(target_arch = "x86_64")]
 mod x86_unpack;
 
@@ -28,20 +36,22 @@ pub enum Isa {
     Portable,
     /// x86-64 AVX2 and FMA (`vpmaddubsw` products).
     Avx2,
-    /// x86-64 AVX-512 F, BW and VNNI (`vpdpbusd` products).
+    /// x86-64 AVX-512 F, BW and VNNI (`vpdpbusd` products), with F16C.
     Avx512Vnni,
+    /// aarch64 NEON (widening `smull` products).
+    Neon,
 }
 
 impl Isa {
-    /// The fastest instruction set this CPU supports.
+    /// Detects the fastest instruction set this CPU supports.
     pub fn detect() -> Isa {
-        [Isa::Avx512Vnni, Isa::Avx2]
+        [Isa::Avx512Vnni, Isa::Avx2, Isa::Neon]
             .into_iter()
             .find(|isa| isa.is_available())
             .unwrap_or(Isa::Portable)
     }
 
-    /// Whether this CPU supports the instruction set.
+    /// Checks whether this CPU supports the instruction set.
     pub fn is_available(self) -> bool {
         match self {
             Isa::Portable => true,
@@ -52,16 +62,21 @@ impl Isa {
                 is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("f16c")
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512Vnni => false,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Neon => false,
         }
     }
 
     /// Tokens per kernel call that keep this ISA's accumulators in registers.
     pub(super) fn tile_tokens(self) -> usize {
         match self {
-            Isa::Avx512Vnni | Isa::Portable => 4,
+            Isa::Avx512Vnni | Isa::Neon | Isa::Portable => 4,
             Isa::Avx2 => 2,
         }
     }
@@ -74,14 +89,19 @@ pub(super) struct Tile<'a> {
     pub w_codes: &'a [u8],
     /// `[rows, padded / 4]`
     pub w_scales: &'a [f32],
+    /// `[rows, padded / 16]`
+    pub w_offsets: &'a [f32],
     /// `[tokens, padded]`
     pub x_codes: &'a [i8],
     /// `[tokens, padded / 4]`
     pub x_scales: &'a [f32],
+    /// `[tokens, padded / 16]`
+    pub x_sums: &'a [f32],
     pub padded: usize,
     pub rows: usize,
     pub tokens: usize,
     /// Whether codes reach 255 (Q8_0), which `vpmaddubsw` would saturate.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub wide_codes: bool,
 }
 
@@ -95,6 +115,8 @@ impl Tile<'_> {
         assert!(self.w_scales.len() >= self.rows * self.padded / 4);
         assert!(self.x_codes.len() >= self.tokens * self.padded);
         assert!(self.x_scales.len() >= self.tokens * self.padded / 4);
+        assert!(self.w_offsets.len() >= self.rows * self.padded / 16);
+        assert!(self.x_sums.len() >= self.tokens * self.padded / 16);
     }
 }
 
@@ -108,7 +130,7 @@ pub(super) fn dot_tile(isa: Isa, tile: &Tile) -> [[f32; MAX_TILE_TOKENS]; MAX_TI
         Isa::Portable => portable::dot_tile(tile),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller checked `Isa::Avx512Vnni.is_available()`, and
-        // `tile.check()` above holds the slice lengths the kernel reads.
+        // `tile.check()` above guarantees the slice lengths the kernel reads.
         Isa::Avx512Vnni => unsafe { x86::dot_tile_avx512(tile) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 and FMA.
@@ -117,13 +139,53 @@ pub(super) fn dot_tile(isa: Isa, tile: &Tile) -> [[f32; MAX_TILE_TOKENS]; MAX_TI
         Isa::Avx2 | Isa::Avx512Vnni => {
             unreachable!("x86 kernels requested on another architecture")
         }
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the caller checked `Isa::Neon.is_available()`, and
+        // `tile.check()` above guarantees the slice lengths the kernel reads.
+        Isa::Neon => unsafe { neon::dot_tile_neon(tile) },
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Neon => unreachable!("the NEON kernel requested on another architecture"),
+    }
+}
+
+/// Reports whether [`dot_row`] has a kernel for `isa`. Without one, single
+/// tokens go through [`dot_tile`] like any other.
+pub(super) fn has_row_kernel(isa: Isa) -> bool {
+    isa == Isa::Avx512Vnni
+}
+
+/// `sum_c W[c] * x_hat[c]` for one raw row of type `ty` and one quantised
+/// token, decoding the row in registers.
+///
+/// # Shapes
+/// `row: [ty.bytes_for(cols)]`, `x_codes: [padded]`, `x_scales: [padded / 4]`,
+/// `x_sums: [padded / 16]`.
+///
+/// The caller has checked that `isa` is available and [`has_row_kernel`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub(super) fn dot_row(
+    isa: Isa,
+    ty: GgmlType,
+    row: &[u8],
+    x_codes: &[i8],
+    x_scales: &[f32],
+    x_sums: &[f32],
+) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked `Isa::Avx512Vnni.is_available()`, which
+        // covers AVX-512 F, BW, VNNI and F16C (and so AVX2 and FMA).
+        Isa::Avx512Vnni => unsafe {
+            x86_direct::dot_row_avx512(ty, row, x_codes, x_scales, x_sums)
+        },
+        _ => unreachable!("no row kernel for {isa:?}"),
     }
 }
 
 /// Unpacks `rows_bytes` (whole rows of type `ty`, back to back) into `rows`
 /// with `isa`'s byte shuffles.
 ///
-/// The caller has checked that `isa` is available and that `rows_bytes` holds
+/// The caller has checked that `isa` is available and that `rows_bytes` contains
 /// whole rows of the length `rows` was reset for.
 pub(super) fn unpack_rows(
     isa: Isa,
@@ -250,7 +312,7 @@ mod tests {
     #[test]
     fn simd_unpack_matches_portable() {
         let mut rng = StdRng::seed_from_u64(3);
-        for isa in [Isa::Avx2, Isa::Avx512Vnni]
+        for isa in [Isa::Avx2, Isa::Avx512Vnni, Isa::Neon]
             .into_iter()
             .filter(|isa| isa.is_available())
         {

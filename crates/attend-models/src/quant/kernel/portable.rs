@@ -31,6 +31,14 @@ fn dot_tile_fixed<const R: usize, const T: usize>(
                 let lane = g * GROUP / LANE;
                 *acc_rt += idot as f32 * (w_scales[lane] * x_scales[lane]);
             }
+
+            // The offsets times the activation sums.
+            let groups = p / GROUP;
+            let w_offsets = &tile.w_offsets[r * groups..(r + 1) * groups];
+            let x_sums = &tile.x_sums[t * groups..(t + 1) * groups];
+            for (o, s) in w_offsets.iter().zip(x_sums) {
+                *acc_rt += o * s;
+            }
         }
     }
     widen(acc)

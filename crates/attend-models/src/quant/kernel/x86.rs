@@ -9,7 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::{dispatch_tile_shape, widen, Tile, MAX_TILE_ROWS, MAX_TILE_TOKENS};
-use crate::quant::unpack::LANE;
+use crate::quant::unpack::{GROUP, LANE};
 use std::arch::x86_64::*;
 
 type TileSums = [[f32; MAX_TILE_TOKENS]; MAX_TILE_ROWS];
@@ -32,7 +32,7 @@ fn avx512_fixed<const R: usize, const T: usize>(tile: &Tile) -> TileSums {
         let mut w = [_mm512_setzero_si512(); R];
         let mut w_scale = [_mm512_setzero_ps(); R];
         for r in 0..R {
-            // SAFETY: `tile.check()` holds `w_codes.len() >= R * p` and
+            // SAFETY: `tile.check()` guarantees `w_codes.len() >= R * p` and
             // `w_scales.len() >= R * p / 4`, and `s * STEP + STEP <= p`.
             unsafe {
                 w[r] = _mm512_loadu_si512(tile.w_codes.as_ptr().add(r * p + s * STEP).cast());
@@ -55,6 +55,32 @@ fn avx512_fixed<const R: usize, const T: usize>(tile: &Tile) -> TileSums {
                 let idot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r], x);
                 let scale = _mm512_mul_ps(w_scale[r], x_scale);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), scale, acc[r][t]);
+            }
+        }
+    }
+
+    // The offsets times the activation sums, 16 groups at a time; the
+    // masked loads read nothing past the last group.
+    let groups = p / GROUP;
+    for g in (0..groups).step_by(16) {
+        let mask: __mmask16 = if groups - g >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << (groups - g)) - 1
+        };
+        let mut w_offset = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            // SAFETY: `tile.check()` guarantees `w_offsets.len() >= R * groups`,
+            // and the mask covers only groups below `groups`.
+            w_offset[r] =
+                unsafe { _mm512_maskz_loadu_ps(mask, tile.w_offsets.as_ptr().add(r * groups + g)) };
+        }
+        for t in 0..T {
+            // SAFETY: as above, with `x_sums.len() >= T * groups`.
+            let x_sum =
+                unsafe { _mm512_maskz_loadu_ps(mask, tile.x_sums.as_ptr().add(t * groups + g)) };
+            for r in 0..R {
+                acc[r][t] = _mm512_fmadd_ps(w_offset[r], x_sum, acc[r][t]);
             }
         }
     }
@@ -111,7 +137,7 @@ fn avx2_fixed<const R: usize, const T: usize, const WIDE: bool>(tile: &Tile) -> 
             let mut w_abs = [_mm256_setzero_si256(); R];
             let mut w_scale = [_mm256_setzero_ps(); R];
             for r in 0..R {
-                // SAFETY (loads): `tile.check()` holds the slice lengths and
+                // SAFETY (loads): `tile.check()` guarantees the slice lengths and
                 // `s * HALF_STEP + HALF_STEP <= p`.
                 w[r] = _mm256_loadu_si256(tile.w_codes.as_ptr().add(r * p + s * HALF_STEP).cast());
                 w_scale[r] =
@@ -143,6 +169,29 @@ fn avx2_fixed<const R: usize, const T: usize, const WIDE: bool>(tile: &Tile) -> 
                     };
                     let scale = _mm256_mul_ps(w_scale[r], x_scale);
                     acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), scale, acc[r][t]);
+                }
+            }
+        }
+
+        // The offsets times the activation sums, 8 groups at a time.
+        // SAFETY (masked loads): `tile.check()` guarantees `R * groups`
+        // offsets and `T * groups` sums, and the mask enables only lanes
+        // below `groups`, which is all `vmaskmovps` reads.
+        let groups = p / GROUP;
+        for g in (0..groups).step_by(8) {
+            let valid = (groups - g).min(8) as i32;
+            let mask = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(valid),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            );
+            let mut w_offset = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                w_offset[r] = _mm256_maskload_ps(tile.w_offsets.as_ptr().add(r * groups + g), mask);
+            }
+            for t in 0..T {
+                let x_sum = _mm256_maskload_ps(tile.x_sums.as_ptr().add(t * groups + g), mask);
+                for r in 0..R {
+                    acc[r][t] = _mm256_fmadd_ps(w_offset[r], x_sum, acc[r][t]);
                 }
             }
         }

@@ -192,12 +192,13 @@ fn unpack_q4_k(block: &[u8], codes: &mut [u8], scales: &mut [f32], offsets: &mut
 
 #[inline(always)]
 fn unpack_q6_k(block: &[u8], codes: &mut [u8], scales: &mut [f32], offsets: &mut [f32]) {
-    assert!(block.len() == 210 && codes.len() == 256);
+    assert_eq!(block.len(), 210);
+    assert_eq!(codes.len(), 256);
     for half in 0..2 {
         // SAFETY: `block` has 210 bytes, so ql (64 bytes at 64 * half) and
-        // qh (32 bytes at 128 + 32 * half) are in bounds, and `codes` has
-        // 256 bytes for the four 32-byte stores at 128 * half; the callers
-        // are compiled with AVX2.
+        // qh (32 bytes at 128 + 32 * half) are in bounds. `codes` has 256
+        // bytes for the four 32-byte stores at 128 * half. The callers are
+        // compiled with AVX2.
         unsafe {
             let ql_lo = _mm256_loadu_si256(block.as_ptr().add(64 * half).cast());
             let ql_hi = _mm256_loadu_si256(block.as_ptr().add(64 * half + 32).cast());
