@@ -18,7 +18,11 @@ mod tokenize;
 static ALLOCATOR: bench_attention::CountingAllocator = bench_attention::CountingAllocator::new();
 
 #[derive(Parser)]
-#[command(name = "attend", version, about = "Exact, fast attention and inference on the CPU")]
+#[command(
+    name = "attend",
+    version,
+    about = "Exact, fast attention and inference on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,9 +74,9 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Attention(args)) => {
             bench_attention::run(args, &ALLOCATOR).map_err(|e| e.to_string())
         }
-        Command::Bench(BenchCommand::Matmul(args)) => {
-            bench_matmul::run(args).map(|_| ()).map_err(|e| e.to_string())
-        }
+        Command::Bench(BenchCommand::Matmul(args)) => bench_matmul::run(args)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

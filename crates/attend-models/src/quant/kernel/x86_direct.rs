@@ -95,7 +95,7 @@ pub(super) fn dot_row_avx512(
 
     // A row of an odd number of 32-weight blocks ends in half a step:
     // unpack its last block into a zero-padded step on the stack.
-    if cols % STEP != 0 {
+    if !cols.is_multiple_of(STEP) {
         let block_bytes = ty.block_bytes();
         let last = &row[row.len() - block_bytes..];
         let mut codes = [0u8; STEP];
