@@ -34,6 +34,7 @@
 //! # Ok::<(), attend::AttendError>(())
 //! ```
 
+pub mod decode;
 pub mod dtype;
 pub mod error;
 pub mod flash;
@@ -44,6 +45,7 @@ pub mod reference;
 pub mod rope;
 pub mod simd;
 
+pub use decode::{decode, decode_reference};
 pub use dtype::{DType, Element};
 pub use error::AttendError;
 pub use flash::{
