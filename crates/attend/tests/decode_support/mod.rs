@@ -85,37 +85,6 @@ pub fn run_decode(
     (out, lse)
 }
 
-/// Rounds `values` to `dtype` the way the cache stores them: per head for int8.
-pub fn round_to_storage(values: &[f32], dtype: KvDtype, head_dim: usize) -> Vec<f32> {
-    match dtype {
-        KvDtype::F32 => values.to_vec(),
-        KvDtype::F16 => values
-            .iter()
-            .map(|&x| half::f16::from_f32(x).to_f32())
-            .collect(),
-        KvDtype::Bf16 => values
-            .iter()
-            .map(|&x| half::bf16::from_f32(x).to_f32())
-            .collect(),
-        KvDtype::Int8 => values
-            .chunks(head_dim)
-            .flat_map(|head| {
-                let max_abs = head.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                let scale = max_abs / 127.0;
-                head.iter()
-                    .map(move |&x| {
-                        if scale == 0.0 {
-                            0.0
-                        } else {
-                            (x / scale).round().clamp(-127.0, 127.0) * scale
-                        }
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect(),
-    }
-}
-
 /// Largest absolute rounding error of one stored value in [-1, 1] for `dtype`.
 ///
 /// f16 has 11 significant bits and bf16 8, so rounding to nearest errs by at most half a
