@@ -41,6 +41,7 @@ pub mod flash;
 pub mod kv;
 pub mod layout;
 pub mod mask;
+pub mod mha;
 pub mod reference;
 pub mod rope;
 pub mod simd;

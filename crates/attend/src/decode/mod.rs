@@ -169,7 +169,7 @@ pub(crate) fn check_decode(
         check_equal("kv", "head_dim", config.head_dim, shape.head_dim, "q")?;
         check_equal("kv", "n_kv_heads", config.n_kv_heads, n_kv_heads, "kv[0]")?;
     }
-    if n_kv_heads == 0 || shape.heads % n_kv_heads != 0 {
+    if n_kv_heads == 0 || !shape.heads.is_multiple_of(n_kv_heads) {
         return Err(AttendError::HeadsNotDivisible {
             n_heads: shape.heads,
             n_kv_heads,
