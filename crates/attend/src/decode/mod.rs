@@ -43,8 +43,9 @@ use task::{Partial, SeqPlan};
 /// Cached tokens per split-KV task. A constant, so that results do not depend on threads.
 pub const SPLIT_TOKENS: usize = 256;
 
-/// Cached tokens scored per online-softmax step inside a task.
-pub const TILE_TOKENS: usize = 64;
+/// Cached tokens scored per online-softmax step inside a task: the key width of the
+/// [`Simd::pv_tile`] tiles that accumulate V.
+pub const TILE_TOKENS: usize = simd::TILE_KV;
 
 /// Sizes and options of a validated decode call.
 #[derive(Debug, Clone, Copy)]

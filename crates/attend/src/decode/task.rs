@@ -1,5 +1,6 @@
 //! One split-KV task: an online softmax over a range of one sequence's cached tokens.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use super::{visible_ranges, Dims, VisibleRange, TILE_TOKENS};
@@ -82,6 +83,7 @@ pub(crate) fn run_split<S: Simd>(
     let mut scratch = Scratch {
         scores: vec![0.0; rows * TILE_TOKENS],
         head: vec![0.0; dims.head_dim],
+        values: vec![0.0; dims.n_kv_heads * TILE_TOKENS * dims.head_dim],
     };
 
     // Runs are in view order, so the first run that ends after `start` is found by
@@ -131,6 +133,8 @@ struct Scratch {
     scores: Vec<f32>,
     /// One int8 head row converted to f32 (without its scale), `[head_dim]`.
     head: Vec<f32>,
+    /// The tile's V rows in f32, grouped by kv head, `[n_kv_heads, TILE_TOKENS, head_dim]`.
+    values: Vec<f32>,
 }
 
 /// One head row of one cached token, ready for f32 arithmetic: `value * multiplier`.
@@ -171,12 +175,31 @@ fn dot<S: Simd>(simd: S, q: &[f32], row: &HeadRow) -> f32 {
     }
 }
 
-#[inline]
-fn axpy<S: Simd>(simd: S, alpha: f32, row: &HeadRow, acc: &mut [f32]) {
-    match row {
-        HeadRow::F32(v) => simd.axpy(alpha, v, acc),
-        HeadRow::F16(v) => simd.axpy_f16(alpha, v, acc),
-        HeadRow::Bf16(v) => simd.axpy_bf16(alpha, v, acc),
+/// Converts the tile's V rows to f32 and groups them by kv head, so that each head's
+/// rows are contiguous for [`Simd::pv_tile`]. Tokens are read in storage order.
+///
+/// # Shapes
+/// `rows`: `[tile_len, n_kv_heads, head_dim]`; `out: [n_kv_heads, TILE_TOKENS, head_dim]`.
+fn gather_values(rows: &KvRows, tile_len: usize, dims: &Dims, out: &mut [f32]) {
+    let (n_kv_heads, head_dim) = (dims.n_kv_heads, dims.head_dim);
+    for token in 0..tile_len {
+        for kv_head in 0..n_kv_heads {
+            let src_row = token * n_kv_heads + kv_head;
+            let src = src_row * head_dim..(src_row + 1) * head_dim;
+            let dst_start = (kv_head * TILE_TOKENS + token) * head_dim;
+            let dst = &mut out[dst_start..dst_start + head_dim];
+            match *rows {
+                KvRows::F32(x) => dst.copy_from_slice(&x[src]),
+                KvRows::F16(x) => x[src].convert_to_f32_slice(dst),
+                KvRows::Bf16(x) => x[src].convert_to_f32_slice(dst),
+                KvRows::Int8 { values, scales } => {
+                    let scale = scales[src_row];
+                    for (o, &value) in dst.iter_mut().zip(&values[src]) {
+                        *o = f32::from(value) * scale;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -261,22 +284,19 @@ fn attend_tile<S: Simd>(
         state.m[row] = m_new;
     }
 
-    // Step 3: accumulate V. Each token's V row is read once, head by head.
-    for token in 0..tile_len {
-        for kv_head in 0..n_kv_heads {
-            let (v_row, multiplier) = load_head(
-                &tile.v,
-                token * n_kv_heads + kv_head,
-                head_dim,
-                &mut scratch.head,
-            );
-            for row in kv_head * group_rows..(kv_head + 1) * group_rows {
-                let p = scores[row * TILE_TOKENS + token];
-                if p != 0.0 {
-                    let acc = &mut state.acc[row * head_dim..(row + 1) * head_dim];
-                    axpy(simd, p * multiplier, &v_row, acc);
-                }
-            }
-        }
+    // Step 3: accumulate V. The V rows are read once, token by token, into per-head
+    // f32 tiles; then each head's tile is multiplied into its group's output rows.
+    gather_values(&tile.v, tile_len, dims, &mut scratch.values);
+    let tile_values = TILE_TOKENS * head_dim;
+    for kv_head in 0..n_kv_heads {
+        let rows = kv_head * group_rows..(kv_head + 1) * group_rows;
+        let values = &scratch.values[kv_head * tile_values..(kv_head + 1) * tile_values];
+        simd.pv_tile(
+            &scores[rows.start * TILE_TOKENS..rows.end * TILE_TOKENS],
+            &values[..tile_len * head_dim],
+            tile_len,
+            head_dim,
+            &mut state.acc[rows.start * head_dim..rows.end * head_dim],
+        );
     }
 }
