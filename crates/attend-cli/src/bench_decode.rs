@@ -306,3 +306,59 @@ fn bench(args: &BenchDecodeArgs, threads: usize) -> Result<(), String> {
     println!("  KV read rate / copy rate: {ratio:.2}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchDecodeArgs,
+    }
+
+    fn parse(extra: &[&str]) -> BenchDecodeArgs {
+        let base = ["bench", "--kv-len", "64", "--heads", "4", "--kv-heads", "2"];
+        let argv = base.iter().chain(&["--head-dim", "8"]).chain(extra);
+        Cli::parse_from(argv).args
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(Timing::from_samples(vec![3.0, 1.0, 2.0]).median_s, 2.0);
+        let even = Timing::from_samples(vec![4.0, 1.0, 2.0, 3.0]);
+        assert_eq!(even.median_s, 2.5);
+        assert_eq!(even.min_s, 1.0);
+        assert_eq!(even.max_s, 4.0);
+    }
+
+    #[test]
+    fn invalid_options_name_the_option() {
+        let mut args = parse(&[]);
+        assert_eq!(validate(&args), Ok(()));
+
+        args.kv_heads = 3;
+        let message = validate(&args).unwrap_err();
+        assert!(message.contains("--heads 4"), "{message}");
+        assert!(message.contains("--kv-heads 3"), "{message}");
+
+        let args = parse(&["--runs", "0"]);
+        assert_eq!(
+            validate(&args).unwrap_err(),
+            "--runs is 0; it must be at least 1"
+        );
+        let args = parse(&["--threads", "0"]);
+        assert!(validate(&args).unwrap_err().contains("--threads"));
+    }
+
+    #[test]
+    fn small_run_succeeds() {
+        for cache in ["contiguous", "paged"] {
+            for dtype in ["f32", "bf16", "int8"] {
+                let args = parse(&["--cache", cache, "--dtype", dtype, "--runs", "1", "--json"]);
+                assert_eq!(run(&args), Ok(()), "{cache} {dtype}");
+            }
+        }
+    }
+}

@@ -109,7 +109,8 @@ impl VisibleRange {
 ///
 /// Extra memory: one partial output of `n_heads * q_len * head_dim` f32 per split of
 /// [`SPLIT_TOKENS`] cached tokens (for one query and f32 storage with GQA 32/8 heads,
-/// 0.8% of the K/V bytes read), freed before returning.
+/// 0.8% of the K/V bytes read), and per running task a tile of `n_kv_heads *
+/// TILE_TOKENS * head_dim` f32 values, all freed before returning.
 ///
 /// # Shapes
 /// - `q: [batch, q_len, n_heads, head_dim]`, f32
