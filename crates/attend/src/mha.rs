@@ -59,6 +59,9 @@ pub struct DenseLinear {
 impl DenseLinear {
     /// Wraps a row-major `[out_features, in_features]` weight matrix.
     ///
+    /// # Shapes
+    /// `weight: [out_features, in_features]`.
+    ///
     /// # Errors
     /// [`MhaError::InvalidConfig`] for a zero dimension; [`MhaError::BufferLength`] when
     /// `weight.len() != out_features * in_features`.
@@ -89,7 +92,10 @@ impl DenseLinear {
         })
     }
 
-    /// Adds a bias, `[out_features]`.
+    /// Adds a bias.
+    ///
+    /// # Shapes
+    /// `bias: [out_features]`.
     ///
     /// # Errors
     /// [`MhaError::BufferLength`] when `bias.len() != out_features`.

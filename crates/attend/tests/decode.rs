@@ -544,3 +544,80 @@ fn mixed_kv_heads_are_rejected() {
         "{err}"
     );
 }
+
+#[test]
+fn strided_views_match_contiguous() {
+    use attend::{BshdShape, BshdStrides};
+
+    let (n_kv_heads, n_heads, head_dim, q_len, batch) = (2, 4, 8, 2, 2);
+    let config = KvConfig::new(n_kv_heads, head_dim, KvDtype::F16);
+    let caches: Vec<Box<dyn KvCache>> = [30usize, 70]
+        .iter()
+        .map(|&len| {
+            let mut cache = make_cache(CacheKind::Paged { block_size: 8 }, config, len);
+            let k = random_values(len * n_kv_heads * head_dim, len as u64);
+            let v = random_values(len * n_kv_heads * head_dim, len as u64 + 1);
+            let positions: Vec<u32> = (0..len as u32).collect();
+            cache.append(SeqId(0), &k, &v, &positions).unwrap();
+            cache
+        })
+        .collect();
+    let views: Vec<_> = caches.iter().map(|c| c.view(SeqId(0)).unwrap()).collect();
+    let params = AttentionParams {
+        causal: true,
+        ..Default::default()
+    };
+    let q = random_values(batch * q_len * n_heads * head_dim, 8);
+    let (expected, _) = run_decode(&q, q_len, n_heads, head_dim, &views, &params);
+
+    // The same queries and outputs with 3 padding elements after every head, row and batch.
+    let shape = BshdShape {
+        batch,
+        seq_len: q_len,
+        heads: n_heads,
+        head_dim,
+    };
+    let strides = BshdStrides {
+        head_stride: head_dim + 3,
+        seq_stride: n_heads * (head_dim + 3) + 3,
+        batch_stride: q_len * (n_heads * (head_dim + 3) + 3) + 3,
+    };
+    let padded_len = batch * strides.batch_stride;
+    let offset = |b: usize, i: usize, h: usize| {
+        b * strides.batch_stride + i * strides.seq_stride + h * strides.head_stride
+    };
+    let mut padded_q = vec![f32::NAN; padded_len];
+    for b in 0..batch {
+        for i in 0..q_len {
+            for h in 0..n_heads {
+                let src = ((b * q_len + i) * n_heads + h) * head_dim;
+                let dst = offset(b, i, h);
+                padded_q[dst..dst + head_dim].copy_from_slice(&q[src..src + head_dim]);
+            }
+        }
+    }
+    let mut padded_out = vec![f32::NAN; padded_len];
+    let q_view = Bshd::strided(&padded_q, shape, strides).unwrap();
+    let mut out_view = BshdMut::strided(&mut padded_out, shape, strides).unwrap();
+    decode(q_view, &views, &params, &mut out_view, None).unwrap();
+
+    for b in 0..batch {
+        for i in 0..q_len {
+            for h in 0..n_heads {
+                let src = ((b * q_len + i) * n_heads + h) * head_dim;
+                let dst = offset(b, i, h);
+                assert_eq!(
+                    &padded_out[dst..dst + head_dim],
+                    &expected[src..src + head_dim],
+                    "batch {b} query {i} head {h}"
+                );
+            }
+        }
+    }
+    let written = padded_out.iter().filter(|x| !x.is_nan()).count();
+    assert_eq!(
+        written,
+        batch * q_len * n_heads * head_dim,
+        "writes outside the view"
+    );
+}
