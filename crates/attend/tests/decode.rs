@@ -621,3 +621,27 @@ fn strided_views_match_contiguous() {
         "writes outside the view"
     );
 }
+
+#[test]
+fn huge_window_equals_no_window() {
+    let (n_kv_heads, n_heads, head_dim) = (1, 2, 8);
+    let config = KvConfig::new(n_kv_heads, head_dim, KvDtype::F32);
+    let mut cache = make_cache(CacheKind::Contiguous, config, 40);
+    let k = random_values(40 * head_dim, 1);
+    let v = random_values(40 * head_dim, 2);
+    let positions: Vec<u32> = (0..40).collect();
+    cache.append(SeqId(0), &k, &v, &positions).unwrap();
+    let view = cache.view(SeqId(0)).unwrap();
+    let q = random_values(n_heads * head_dim, 3);
+
+    let unbounded = AttentionParams::default();
+    let huge = AttentionParams {
+        window: (Some(usize::MAX), Some(usize::MAX)),
+        ..Default::default()
+    };
+    let expected = run_decode(&q, 1, n_heads, head_dim, &[view], &unbounded);
+    assert_eq!(
+        run_decode(&q, 1, n_heads, head_dim, &[view], &huge),
+        expected
+    );
+}

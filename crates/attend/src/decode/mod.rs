@@ -263,12 +263,14 @@ pub(crate) fn visible_ranges(view: &KvSeqView, dims: &Dims) -> Vec<VisibleRange>
     let before = (0..missing).map(|i| first - (missing - i) as i64);
     aligned.splice(0..0, before);
 
+    // Window sizes above i64::MAX (such as usize::MAX for "unbounded") saturate.
+    let to_i64 = |size: usize| i64::try_from(size).unwrap_or(i64::MAX);
     let (left, right) = dims.window;
     aligned
         .into_iter()
         .map(|p| VisibleRange {
-            lo: left.map_or(i64::MIN, |left| p - left as i64),
-            hi: right.map_or(i64::MAX, |right| p + right as i64),
+            lo: left.map_or(i64::MIN, |left| p.saturating_sub(to_i64(left))),
+            hi: right.map_or(i64::MAX, |right| p.saturating_add(to_i64(right))),
         })
         .collect()
 }

@@ -415,8 +415,10 @@ impl MultiHeadAttention {
             let mask = |_: usize, _: usize, q_idx: usize, kv_idx: usize| {
                 let query = i64::from(positions[q_idx]);
                 let key = i64::from(key_positions[kv_idx]);
-                left.is_none_or(|left| key >= query - left as i64)
-                    && right.is_none_or(|right| key <= query + right as i64)
+                // Window sizes above i64::MAX saturate instead of wrapping negative.
+                let size = |size: usize| i64::try_from(size).unwrap_or(i64::MAX);
+                left.is_none_or(|left| key >= query.saturating_sub(size(left)))
+                    && right.is_none_or(|right| key <= query.saturating_add(size(right)))
             };
             let params = AttentionParams {
                 causal: false,
