@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_attention;
+mod bench_decode;
 mod bench_generate;
 mod bench_matmul;
 mod common;
@@ -47,6 +48,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Time the split-KV decode kernel over a filled KV cache beside a memory copy.
+    Decode(bench_decode::BenchDecodeArgs),
     /// Prefill and decode tokens/s of a GGUF model.
     Generate(bench_generate::BenchGenerateArgs),
     /// Time the tiled attention kernel (or the f64 oracle) on random inputs.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::KvPlan(args) => kv_plan::run(args),
+        Command::Bench(BenchCommand::Decode(args)) => bench_decode::run(args),
         Command::Bench(BenchCommand::Generate(args)) => bench_generate::run(args),
         Command::Bench(BenchCommand::Attention(args)) => {
             bench_attention::run(args, &ALLOCATOR).map_err(|e| e.to_string())

@@ -34,16 +34,19 @@
 //! # Ok::<(), attend::AttendError>(())
 //! ```
 
+pub mod decode;
 pub mod dtype;
 pub mod error;
 pub mod flash;
 pub mod kv;
 pub mod layout;
 pub mod mask;
+pub mod mha;
 pub mod reference;
 pub mod rope;
 pub mod simd;
 
+pub use decode::{decode, decode_reference};
 pub use dtype::{DType, Element};
 pub use error::AttendError;
 pub use flash::{

@@ -1,0 +1,316 @@
+//! One split-KV task: an online softmax over a range of one sequence's cached tokens.
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+use super::{visible_ranges, Dims, VisibleRange, TILE_TOKENS};
+use crate::kv::{KvChunk, KvRows, KvSeqView};
+use crate::layout::Bshd;
+use crate::simd::{Simd, TILE_Q};
+
+/// Unnormalised result of one split, per query row `r = head_idx * q_len + q_idx`.
+pub(crate) struct Partial {
+    /// Running maximum of the row's visible scores, `[rows]`; `-inf` when none was seen.
+    pub m: Vec<f32>,
+    /// Softmax denominator relative to `m`, `[rows]`.
+    pub l: Vec<f32>,
+    /// Output relative to `m`, not yet divided by `l`, `[rows, head_dim]`.
+    pub acc: Vec<f32>,
+}
+
+/// A contiguous run of cached tokens and the view offset of its first token.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    start: usize,
+    chunk: KvChunk<'a>,
+}
+
+/// One sequence of the batch, prepared once and shared by its tasks.
+pub(crate) struct SeqPlan<'a> {
+    runs: Vec<Run<'a>>,
+    pub kv_len: usize,
+    /// `[q_len]`
+    visible: Vec<VisibleRange>,
+    /// The query rows gathered contiguously, `[rows, head_dim]`.
+    q_rows: Vec<f32>,
+}
+
+impl<'a> SeqPlan<'a> {
+    pub fn new(view: &KvSeqView<'a>, q: &Bshd<f32>, batch_idx: usize, dims: &Dims) -> Self {
+        let mut start = 0;
+        let runs = view
+            .chunks()
+            .map(|chunk| {
+                let run = Run { start, chunk };
+                start += chunk.len();
+                run
+            })
+            .collect();
+
+        let head_dim = dims.head_dim;
+        let mut q_rows = vec![0.0; dims.rows() * head_dim];
+        for head_idx in 0..dims.n_heads {
+            for q_idx in 0..dims.q_len {
+                let row = head_idx * dims.q_len + q_idx;
+                if let Some(values) = q.row(batch_idx, q_idx, head_idx) {
+                    q_rows[row * head_dim..(row + 1) * head_dim].copy_from_slice(values);
+                }
+            }
+        }
+        Self {
+            runs,
+            kv_len: view.len(),
+            visible: visible_ranges(view, dims),
+            q_rows,
+        }
+    }
+}
+
+/// Runs the online softmax over view tokens `start..end` of one sequence.
+pub(crate) fn run_split<S: Simd>(
+    simd: S,
+    dims: &Dims,
+    plan: &SeqPlan,
+    start: usize,
+    end: usize,
+) -> Partial {
+    let rows = dims.rows();
+    let mut state = Partial {
+        m: vec![f32::NEG_INFINITY; rows],
+        l: vec![0.0; rows],
+        acc: vec![0.0; rows * dims.head_dim],
+    };
+    let mut scratch = Scratch {
+        scores: vec![0.0; rows * TILE_TOKENS],
+        probs_t: vec![0.0; TILE_TOKENS * TILE_Q],
+        head: vec![0.0; dims.head_dim],
+        values: vec![0.0; dims.n_kv_heads * TILE_TOKENS * dims.head_dim],
+    };
+
+    // Runs are in view order, so the first run that ends after `start` is found by
+    // bisection; paged views have one run per block.
+    let first = plan
+        .runs
+        .partition_point(|run| run.start + run.chunk.len() <= start);
+    for run in plan.runs[first..].iter().take_while(|run| run.start < end) {
+        let from = start.max(run.start) - run.start;
+        let to = end.min(run.start + run.chunk.len()) - run.start;
+        let mut tile_start = from;
+        while tile_start < to {
+            let tile_end = (tile_start + TILE_TOKENS).min(to);
+            let tile = slice_chunk(&run.chunk, tile_start, tile_end, dims);
+            attend_tile(simd, dims, plan, &tile, &mut state, &mut scratch);
+            tile_start = tile_end;
+        }
+    }
+    state
+}
+
+/// Borrows tokens `from..to` of a chunk.
+fn slice_chunk<'a>(chunk: &KvChunk<'a>, from: usize, to: usize, dims: &Dims) -> KvChunk<'a> {
+    let slice = |rows: KvRows<'a>| {
+        let row_len = dims.n_kv_heads * dims.head_dim;
+        let values = from * row_len..to * row_len;
+        match rows {
+            KvRows::F32(x) => KvRows::F32(&x[values]),
+            KvRows::F16(x) => KvRows::F16(&x[values]),
+            KvRows::Bf16(x) => KvRows::Bf16(&x[values]),
+            KvRows::Int8 { values: x, scales } => KvRows::Int8 {
+                values: &x[values],
+                scales: &scales[from * dims.n_kv_heads..to * dims.n_kv_heads],
+            },
+        }
+    };
+    KvChunk {
+        k: slice(chunk.k),
+        v: slice(chunk.v),
+        positions: &chunk.positions[from..to],
+    }
+}
+
+/// Per-task buffers.
+struct Scratch {
+    /// Scores, then probabilities, of the current tile, `[rows, TILE_TOKENS]`.
+    scores: Vec<f32>,
+    /// Up to `TILE_Q` rows of `scores` transposed for `Simd::pv_tile`, `[TILE_TOKENS, TILE_Q]`.
+    probs_t: Vec<f32>,
+    /// One int8 head row converted to f32 (without its scale), `[head_dim]`.
+    head: Vec<f32>,
+    /// The tile's V rows in f32, grouped by kv head, `[n_kv_heads, TILE_TOKENS, head_dim]`.
+    values: Vec<f32>,
+}
+
+/// One head row of one cached token, ready for f32 arithmetic: `value * multiplier`.
+enum HeadRow<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+}
+
+/// Borrows head row `head_row_idx` (`token * n_kv_heads + kv_head`) of `rows` and returns
+/// it with the factor its values must be multiplied by (the int8 scale, else 1).
+fn load_head<'a>(
+    rows: &KvRows<'a>,
+    head_row_idx: usize,
+    head_dim: usize,
+    int8_buffer: &'a mut [f32],
+) -> (HeadRow<'a>, f32) {
+    let range = head_row_idx * head_dim..(head_row_idx + 1) * head_dim;
+    match *rows {
+        KvRows::F32(x) => (HeadRow::F32(&x[range]), 1.0),
+        KvRows::F16(x) => (HeadRow::F16(&x[range]), 1.0),
+        KvRows::Bf16(x) => (HeadRow::Bf16(&x[range]), 1.0),
+        KvRows::Int8 { values, scales } => {
+            for (out, &value) in int8_buffer.iter_mut().zip(&values[range]) {
+                *out = f32::from(value);
+            }
+            (HeadRow::F32(int8_buffer), scales[head_row_idx])
+        }
+    }
+}
+
+#[inline]
+fn dot<S: Simd>(simd: S, q: &[f32], row: &HeadRow) -> f32 {
+    match row {
+        HeadRow::F32(k) => simd.dot(q, k),
+        HeadRow::F16(k) => simd.dot_f16(q, k),
+        HeadRow::Bf16(k) => simd.dot_bf16(q, k),
+    }
+}
+
+/// Converts the tile's V rows to f32 and groups them by kv head, so that each head's
+/// rows are contiguous for [`Simd::pv_tile`]. Tokens are read in storage order.
+///
+/// # Shapes
+/// `rows`: `[tile_len, n_kv_heads, head_dim]`; `out: [n_kv_heads, TILE_TOKENS, head_dim]`.
+fn gather_values(rows: &KvRows, tile_len: usize, dims: &Dims, out: &mut [f32]) {
+    let (n_kv_heads, head_dim) = (dims.n_kv_heads, dims.head_dim);
+    for token in 0..tile_len {
+        for kv_head in 0..n_kv_heads {
+            let src_row = token * n_kv_heads + kv_head;
+            let src = src_row * head_dim..(src_row + 1) * head_dim;
+            let dst_start = (kv_head * TILE_TOKENS + token) * head_dim;
+            let dst = &mut out[dst_start..dst_start + head_dim];
+            match *rows {
+                KvRows::F32(x) => dst.copy_from_slice(&x[src]),
+                KvRows::F16(x) => x[src].convert_to_f32_slice(dst),
+                KvRows::Bf16(x) => x[src].convert_to_f32_slice(dst),
+                KvRows::Int8 { values, scales } => {
+                    let scale = scales[src_row];
+                    for (o, &value) in dst.iter_mut().zip(&values[src]) {
+                        *o = f32::from(value) * scale;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds one tile of cached tokens into the online softmax of every query row.
+fn attend_tile<S: Simd>(
+    simd: S,
+    dims: &Dims,
+    plan: &SeqPlan,
+    tile: &KvChunk,
+    state: &mut Partial,
+    scratch: &mut Scratch,
+) {
+    let tile_len = tile.len();
+    let (head_dim, q_len, n_kv_heads) = (dims.head_dim, dims.q_len, dims.n_kv_heads);
+    let group_rows = dims.group() * q_len;
+    let (Some(&first), Some(&last)) = (tile.positions.first(), tile.positions.last()) else {
+        return;
+    };
+
+    // Skip a tile no query can see; evaluate no mask in a tile every query sees whole.
+    // Positions increase, so the tile covers positions first..=last.
+    let seen_by_some = plan
+        .visible
+        .iter()
+        .any(|range| range.lo <= i64::from(last) && i64::from(first) <= range.hi);
+    if !seen_by_some {
+        return;
+    }
+    let seen_whole_by_all = plan
+        .visible
+        .iter()
+        .all(|range| range.contains(first) && range.contains(last));
+
+    // Step 1: scores. Each token's K row is read once, head by head, for every query
+    // row of the head's group; hidden pairs get -inf.
+    let scores = &mut scratch.scores;
+    for (token, &position) in tile.positions.iter().enumerate() {
+        for kv_head in 0..n_kv_heads {
+            let (k_row, multiplier) = load_head(
+                &tile.k,
+                token * n_kv_heads + kv_head,
+                head_dim,
+                &mut scratch.head,
+            );
+            let score_scale = dims.scale * multiplier;
+            for row in kv_head * group_rows..(kv_head + 1) * group_rows {
+                let visible = seen_whole_by_all || plan.visible[row % q_len].contains(position);
+                let score = if visible {
+                    let q_row = &plan.q_rows[row * head_dim..(row + 1) * head_dim];
+                    let score = dot(simd, q_row, &k_row) * score_scale;
+                    match dims.softcap {
+                        Some(cap) => cap * (score / cap).tanh(),
+                        None => score,
+                    }
+                } else {
+                    f32::NEG_INFINITY
+                };
+                scores[row * TILE_TOKENS + token] = score;
+            }
+        }
+    }
+
+    // Step 2: online softmax update per row; scores become probabilities relative to
+    // the new maximum.
+    for row in 0..dims.rows() {
+        let row_scores = &mut scores[row * TILE_TOKENS..row * TILE_TOKENS + tile_len];
+        let tile_max = simd.max(row_scores);
+        if tile_max == f32::NEG_INFINITY {
+            // Nothing visible in this tile: keep the state and make step 3 skip the row
+            // (exp(-inf - -inf) would be NaN).
+            row_scores.fill(0.0);
+            continue;
+        }
+        let m_new = state.m[row].max(tile_max);
+        // The first visible tile has m = -inf, so alpha = 0 on an all-zero state.
+        let alpha = (state.m[row] - m_new).exp();
+        let tile_sum = simd.exp_sub_sum(row_scores, m_new);
+        if alpha != 1.0 {
+            simd.scale(alpha, &mut state.acc[row * head_dim..(row + 1) * head_dim]);
+        }
+        state.l[row] = state.l[row] * alpha + tile_sum;
+        state.m[row] = m_new;
+    }
+
+    // Step 3: accumulate V. The V rows are read once, token by token, into per-head
+    // f32 tiles; then each head's tile is multiplied into its group's output rows.
+    gather_values(&tile.v, tile_len, dims, &mut scratch.values);
+    let tile_values = TILE_TOKENS * head_dim;
+    for kv_head in 0..n_kv_heads {
+        let values = &scratch.values[kv_head * tile_values..(kv_head + 1) * tile_values];
+        // pv_tile takes probabilities transposed, `[tokens, TILE_Q]`, so a group with
+        // more than TILE_Q query rows goes through it in blocks of TILE_Q rows.
+        let group = kv_head * group_rows..(kv_head + 1) * group_rows;
+        for block_start in group.clone().step_by(TILE_Q) {
+            let block = block_start..(block_start + TILE_Q).min(group.end);
+            for (i, row) in block.clone().enumerate() {
+                for token in 0..tile_len {
+                    scratch.probs_t[token * TILE_Q + i] = scores[row * TILE_TOKENS + token];
+                }
+            }
+            simd.pv_tile(
+                &scratch.probs_t[..tile_len * TILE_Q],
+                &values[..tile_len * head_dim],
+                head_dim,
+                tile_len,
+                head_dim,
+                &mut state.acc[block.start * head_dim..block.end * head_dim],
+            );
+        }
+    }
+}
