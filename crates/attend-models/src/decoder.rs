@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use attend::kv::{ContiguousCache, KvCache, KvConfig, KvDtype, RollingCache, SeqId};
 use attend::rope::{Rope, RopeConfig};
-use attend::{attention, AttentionParams, Bshd, BshdMut};
+use attend::{attention, decode, AttentionParams, Bshd, BshdMut};
 
 use crate::error::ModelError;
 use crate::gguf::{Gguf, OptionalKey};
@@ -30,6 +30,10 @@ use crate::GgmlType;
 
 /// The KV storage type sessions use unless told otherwise, as llama.cpp's default.
 pub const DEFAULT_KV_DTYPE: KvDtype = KvDtype::F16;
+
+/// Chunks of at most this many tokens attend through the decode kernel over the
+/// cache in place; longer chunks through the tiled prefill kernel.
+const DECODE_MAX_TOKENS: usize = 16;
 
 /// The one sequence a [`Session`] holds in its caches.
 const SEQ: SeqId = SeqId(0);
@@ -450,29 +454,43 @@ impl Decoder {
             positions,
         )?;
 
-        // Keys and values visible to this chunk: the cached tokens followed by the
-        // chunk's own. A rolling cache holds the last W tokens, which covers the
-        // W - 1 keys before the chunk's first query.
-        let cache = &mut session.caches[layer_idx];
-        let cached = cache.view(SEQ)?.to_dense();
-        let kv_len = cached.positions.len() + n_tokens;
-        let mut k_all = cached.k;
-        k_all.extend_from_slice(&b.k);
-        let mut v_all = cached.v;
-        v_all.extend_from_slice(&b.v);
-
         let params = AttentionParams {
             scale: Some(c.query_scale),
             causal: true,
             window: (spec.window.map(|w| w - 1), Some(0)),
             ..Default::default()
         };
-        let q_view = Bshd::contiguous(&b.q, 1, n_tokens, c.n_heads, c.head_dim)?;
-        let k_view = Bshd::contiguous(&k_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
-        let v_view = Bshd::contiguous(&v_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
+        let cache = &mut session.caches[layer_idx];
         let mut out_view = BshdMut::contiguous(&mut b.attn, 1, n_tokens, c.n_heads, c.head_dim)?;
-        attention(q_view, k_view, v_view, &params, &mut out_view, None)?;
-        cache.append(SEQ, &b.k, &b.v, positions)?;
+        // A rolling cache of W tokens keeps, after an append of n tokens, only the
+        // W - n keys before the first new query, which needs W - 1: so windowed layers
+        // take the decode path for single tokens only.
+        let in_place = match spec.window {
+            Some(_) => n_tokens == 1,
+            None => n_tokens <= DECODE_MAX_TOKENS,
+        };
+        if in_place {
+            // Few new tokens: append them, then read the cache in place with the
+            // split-KV decode kernel.
+            cache.append(SEQ, &b.k, &b.v, positions)?;
+            let q_view = Bshd::contiguous(&b.q, 1, n_tokens, c.n_heads, c.head_dim)?;
+            decode(q_view, &[cache.view(SEQ)?], &params, &mut out_view, None)?;
+        } else {
+            // A prefill chunk: the keys visible to it are the cached tokens followed by
+            // the chunk's own, gathered before the append, because a rolling cache
+            // would drop the chunk's first keys before its last queries read them.
+            let cached = cache.view(SEQ)?.to_dense();
+            let kv_len = cached.positions.len() + n_tokens;
+            let mut k_all = cached.k;
+            k_all.extend_from_slice(&b.k);
+            let mut v_all = cached.v;
+            v_all.extend_from_slice(&b.v);
+            let q_view = Bshd::contiguous(&b.q, 1, n_tokens, c.n_heads, c.head_dim)?;
+            let k_view = Bshd::contiguous(&k_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
+            let v_view = Bshd::contiguous(&v_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
+            attention(q_view, k_view, v_view, &params, &mut out_view, None)?;
+            cache.append(SEQ, &b.k, &b.v, positions)?;
+        }
 
         layer.wo.forward(file, &b.attn, n_tokens, &mut b.h)?;
         if let Some(norm) = &layer.post_attn_norm {
