@@ -154,6 +154,15 @@ struct Layer {
     post_ffw_norm: Option<Vec<f32>>,
 }
 
+/// The cache a session gives its sliding-window layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlidingCache {
+    /// A rolling cache of the last `W` tokens: memory bounded by the window.
+    Rolling,
+    /// A contiguous cache of the whole context; the window is applied as a mask.
+    Full,
+}
+
 /// Which rows of logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -320,6 +329,21 @@ impl Decoder {
     /// [`ModelError::InvalidConfig`] for `context = 0`, and the caches' and
     /// RoPE's errors (for example an allocation that fails).
     pub fn new_session(&self, context: usize, kv_dtype: KvDtype) -> Result<Session, ModelError> {
+        self.new_session_with(context, kv_dtype, SlidingCache::Rolling)
+    }
+
+    /// [`Decoder::new_session`] with a choice of cache for the sliding-window
+    /// layers; [`SlidingCache::Full`] gives the same results with more memory and
+    /// is what the tests compare the rolling cache against.
+    ///
+    /// # Errors
+    /// As [`Decoder::new_session`].
+    pub fn new_session_with(
+        &self,
+        context: usize,
+        kv_dtype: KvDtype,
+        sliding: SlidingCache,
+    ) -> Result<Session, ModelError> {
         if context == 0 {
             return Err(ModelError::InvalidConfig {
                 key: "context".into(),
@@ -332,8 +356,10 @@ impl Decoder {
         let mut caches: Vec<Box<dyn KvCache>> = Vec::with_capacity(c.n_layers);
         for spec in &c.layers {
             let mut cache: Box<dyn KvCache> = match spec.window {
-                Some(window) => Box::new(RollingCache::new(kv_config, window.min(context), 0)?),
-                None => Box::new(ContiguousCache::new(kv_config, context)?),
+                Some(window) if sliding == SlidingCache::Rolling => {
+                    Box::new(RollingCache::new(kv_config, window.min(context), 0)?)
+                }
+                _ => Box::new(ContiguousCache::new(kv_config, context)?),
             };
             cache.add_sequence(SEQ)?;
             caches.push(cache);

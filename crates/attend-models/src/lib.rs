@@ -13,7 +13,7 @@ pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
 
-pub use decoder::{Decoder, DecoderConfig, Logits, Session};
+pub use decoder::{Decoder, DecoderConfig, Logits, Session, SlidingCache};
 pub use engine::{Engine, GenerateOutput, GenerateParams, Perplexity};
 pub use error::ModelError;
 pub use ggml_type::GgmlType;

@@ -1,0 +1,197 @@
+//! Shared helpers of the end-to-end model tests: the real model files, the
+//! reference fixtures, and comparisons of logits with a written tolerance.
+//!
+//! The fixtures come from `scripts/reference/` (see its README): llama.cpp
+//! through llama-cpp-python, and exact float64 numpy forward passes over the
+//! same GGUF weights. attend quantizes activations to 8 bits before its
+//! quantized products, as llama.cpp does, so it sits about 0.15 logits away from
+//! the exact references on average (measured for llama.cpp by the fixture
+//! scripts: mean 0.16, p99 0.56 on SmolLM2). The tolerances below follow from
+//! that, with the reason beside each.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use attend_models::{Decoder, Logits, Session};
+use serde_json::Value;
+
+/// The model folder: `$ATTEND_MODELS`, else `~/.cache/attend/models`.
+pub fn model_path(file: &str) -> PathBuf {
+    let dir = std::env::var_os("ATTEND_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/attend/models")
+        });
+    let path = dir.join(file);
+    assert!(
+        path.exists(),
+        "model file {} not found; run scripts/fetch-models.sh (or set ATTEND_MODELS)",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn ids(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|v| v.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+pub fn floats(value: &Value) -> Vec<f32> {
+    value
+        .as_array()
+        .expect("an array of numbers")
+        .iter()
+        .map(|v| v.as_f64().expect("a number") as f32)
+        .collect()
+}
+
+/// Index of the largest value.
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub fn logsumexp(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    f64::from(max)
+        + row
+            .iter()
+            .map(|&v| f64::from(v - max).exp())
+            .sum::<f64>()
+            .ln()
+}
+
+/// What the tests keep of one position's logits: the full row is too large to
+/// hold for hundreds of positions of a 262k vocabulary.
+pub struct RowSummary {
+    pub argmax: u32,
+    /// Our logits at the reference's top-5 ids.
+    pub at_reference_top5: Vec<f32>,
+    pub logsumexp: f64,
+    /// Our logits at ids `0, stride, 2 * stride, ...`.
+    pub samples: Vec<f32>,
+}
+
+/// Runs `ids` teacher-forced through a fresh session in chunks of `chunk`
+/// tokens and summarises each position's logits.
+pub fn teacher_forced(
+    decoder: &Decoder,
+    session: &mut Session,
+    ids: &[u32],
+    reference_top5: &[Vec<u32>],
+    sample_stride: usize,
+    chunk: usize,
+) -> Vec<RowSummary> {
+    let vocab = decoder.config().vocab;
+    let mut rows = Vec::with_capacity(ids.len());
+    for (chunk_idx, piece) in ids.chunks(chunk).enumerate() {
+        let logits = decoder
+            .forward(session, piece, Logits::All)
+            .expect("forward pass");
+        for (i, row) in logits.chunks_exact(vocab).enumerate() {
+            let position = chunk_idx * chunk + i;
+            rows.push(RowSummary {
+                argmax: argmax(row),
+                at_reference_top5: reference_top5[position]
+                    .iter()
+                    .map(|&id| row[id as usize])
+                    .collect(),
+                logsumexp: logsumexp(row),
+                samples: row.iter().step_by(sample_stride).copied().collect(),
+            });
+        }
+    }
+    rows
+}
+
+/// Reference top-1 margins: the gap between the two largest reference logits.
+pub fn margins(top5_logits: &[Vec<f32>]) -> Vec<f32> {
+    top5_logits.iter().map(|row| row[0] - row[1]).collect()
+}
+
+/// Fraction of positions whose argmax agrees with `reference_top1`, counting
+/// only positions where the reference margin exceeds `min_margin`.
+pub fn agreement(
+    ours: &[RowSummary],
+    reference_top1: &[u32],
+    margins: &[f32],
+    min_margin: f32,
+) -> (usize, usize) {
+    let mut agree = 0;
+    let mut total = 0;
+    for ((row, &expected), &margin) in ours.iter().zip(reference_top1).zip(margins) {
+        if margin > min_margin {
+            total += 1;
+            agree += usize::from(row.argmax == expected);
+        }
+    }
+    (agree, total)
+}
+
+/// Greedy decoding of `max_new` tokens after `prompt` in a fresh session.
+pub fn greedy(
+    decoder: &Decoder,
+    session: &mut Session,
+    prompt: &[u32],
+    max_new: usize,
+    eog: &[u32],
+) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut logits = Vec::new();
+    for piece in prompt.chunks(512) {
+        logits = decoder
+            .forward(session, piece, Logits::Last)
+            .expect("prefill");
+    }
+    for _ in 0..max_new {
+        let id = argmax(&logits);
+        out.push(id);
+        if eog.contains(&id) {
+            break;
+        }
+        logits = decoder
+            .forward(session, &[id], Logits::Last)
+            .expect("decode");
+    }
+    out
+}
+
+/// Checks that `ours` equals `expected` up to the first step whose reference
+/// top-1 margin is below `tie_margin`: past a near-tie, two correct
+/// implementations may pick different tokens and then diverge.
+pub fn assert_greedy_prefix(
+    name: &str,
+    ours: &[u32],
+    expected: &[u32],
+    margins: &[f32],
+    tie_margin: f32,
+) {
+    let compared = margins
+        .iter()
+        .position(|&m| m < tie_margin)
+        .unwrap_or(expected.len())
+        .min(expected.len());
+    assert_eq!(
+        &ours[..compared.min(ours.len())],
+        &expected[..compared],
+        "{name}: greedy ids differ within the first {compared} steps (before any near-tie)"
+    );
+}
