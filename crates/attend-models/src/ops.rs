@@ -1,0 +1,181 @@
+//! Element-wise and per-row operations of the model architectures: norms and
+//! activations. Each works on rows of `dim` f32 values in place or into a
+//! buffer; the sums inside the norms are accumulated in f64 so that the result
+//! does not depend on how a row is split.
+
+/// Normalises each row of `x` (`[rows, dim]`) by its root mean square and
+/// multiplies by `weight` (`[dim]`): `x * weight / sqrt(mean(x^2) + eps)`.
+///
+/// With `weight_offset = 1.0` the scale is `1 + weight`, as Gemma stores it.
+///
+/// # Panics
+/// When `x.len()` is not a multiple of `weight.len()`; callers size both from
+/// the model config, so a mismatch is a bug, not bad input.
+pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32, weight_offset: f32) {
+    let dim = weight.len();
+    assert!(
+        dim > 0 && x.len().is_multiple_of(dim),
+        "rms_norm: row length {dim} does not divide {}",
+        x.len()
+    );
+    for row in x.chunks_exact_mut(dim) {
+        let sum_sq: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let inv_rms = (1.0 / (sum_sq / dim as f64 + f64::from(eps)).sqrt()) as f32;
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v * inv_rms * (w + weight_offset);
+        }
+    }
+}
+
+/// Normalises each row of `x` (`[rows, dim]`) to zero mean and unit variance,
+/// then applies `weight` and `bias` (`[dim]` each), as BERT's LayerNorm does.
+///
+/// # Panics
+/// When the lengths disagree (a bug in the caller, as for [`rms_norm`]).
+pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let dim = weight.len();
+    assert!(
+        dim > 0 && bias.len() == dim && x.len().is_multiple_of(dim),
+        "layer_norm: shapes disagree"
+    );
+    for row in x.chunks_exact_mut(dim) {
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / dim as f64;
+        let var = row
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / dim as f64;
+        let inv_std = 1.0 / (var + f64::from(eps)).sqrt();
+        for ((v, &w), &b) in row.iter_mut().zip(weight).zip(bias) {
+            *v = ((f64::from(*v) - mean) * inv_std) as f32 * w + b;
+        }
+    }
+}
+
+/// SiLU (swish): `x * sigmoid(x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU with the tanh approximation (`gelu_pytorch_tanh`, Gemma's activation).
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+/// Exact GELU, `x * Phi(x)` with the error function (BERT's `gelu`).
+#[inline]
+pub fn gelu_erf(x: f32) -> f32 {
+    (0.5 * f64::from(x) * (1.0 + erf(f64::from(x) / std::f64::consts::SQRT_2))) as f32
+}
+
+/// The gated feed-forward product: `gate[i] = act(gate[i]) * up[i]`, in place.
+///
+/// # Panics
+/// When the two buffers differ in length (a bug in the caller).
+pub fn gated_activation(gate: &mut [f32], up: &[f32], act: fn(f32) -> f32) {
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "gated_activation: gate and up differ in length"
+    );
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = act(*g) * u;
+    }
+}
+
+/// Adds `src` into `dst` element by element.
+pub fn add_in_place(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "add_in_place: lengths differ");
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
+/// The error function, to within 1.2e-7 absolute (Numerical Recipes' `erfc`
+/// Chebyshev fit), which is below f32 resolution for GELU's purposes.
+fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * poly.exp();
+    if x >= 0.0 {
+        1.0 - erfc
+    } else {
+        erfc - 1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_matches_definition() {
+        let mut x = vec![1.0, -2.0, 3.0, 0.5, 0.0, 4.0];
+        let w = [0.5, 1.0, 2.0];
+        let expected: Vec<f32> = x
+            .chunks(3)
+            .flat_map(|row: &[f32]| {
+                let ms = row.iter().map(|v| v * v).sum::<f32>() / 3.0;
+                let r = 1.0 / (ms + 1e-6).sqrt();
+                row.iter()
+                    .zip(&w)
+                    .map(move |(v, w)| v * r * w)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        rms_norm(&mut x, &w, 1e-6, 0.0);
+        for (a, b) in x.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_offset_scales_by_one_plus_weight() {
+        let mut a = vec![1.0, 2.0, 3.0];
+        let mut b = a.clone();
+        rms_norm(&mut a, &[0.0, 0.5, -0.5], 1e-6, 1.0);
+        rms_norm(&mut b, &[1.0, 1.5, 0.5], 1e-6, 0.0);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn layer_norm_zero_mean_unit_variance() {
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        layer_norm(&mut x, &[1.0; 4], &[0.0; 4], 1e-12);
+        let mean: f32 = x.iter().sum::<f32>() / 4.0;
+        let var: f32 = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 4.0;
+        assert!(mean.abs() < 1e-6);
+        assert!((var - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn activations_at_known_points() {
+        assert_eq!(silu(0.0), 0.0);
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        // Reference values from the closed forms evaluated in f64.
+        assert!((gelu_erf(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((gelu_erf(-1.0) + 0.158_655_25).abs() < 1e-6);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((erf(0.5) - 0.520_499_877_813_046_5).abs() < 2e-7);
+        assert!((erf(-2.0) + 0.995_322_265_018_952_7).abs() < 2e-7);
+    }
+
+    #[test]
+    fn gated_activation_multiplies() {
+        let mut g = vec![0.0, 1.0];
+        gated_activation(&mut g, &[3.0, 2.0], silu);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 2.0 * silu(1.0)).abs() < 1e-7);
+    }
+}
