@@ -73,6 +73,15 @@ pub enum BertError {
     /// A token id from the tokenizer has no row in the embedding table.
     #[error("token id {id} is outside the vocabulary of {vocab_size}; tokenizer.json does not match the model")]
     TokenOutOfRange { id: u32, vocab_size: usize },
+    /// A linear layer's buffers disagree in size.
+    #[error("linear layer shapes disagree: x has {x_len} values for in_dim {in_dim}, weight {weight_len} for [{out_dim}, {in_dim}], out {out_len}")]
+    LinearShape {
+        x_len: usize,
+        in_dim: usize,
+        weight_len: usize,
+        out_dim: usize,
+        out_len: usize,
+    },
     /// Packed-batch offsets that do not run from 0 to the token count in order.
     #[error("invalid sequence offsets {cu_seqlens:?} for {total_tokens} tokens; they must start at 0, not decrease and end at the token count")]
     InvalidOffsets {
@@ -120,6 +129,21 @@ impl BertConfig {
     /// Returns `hidden_size / num_attention_heads`.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// Returns the multiply-add FLOPs (2 per multiply-add) of one forward pass over
+    /// sequences of the given lengths: the linear layers plus the attention scores
+    /// and weighted sums. Embeddings, norms and activations are not counted.
+    pub fn forward_flops(&self, seq_lens: &[usize]) -> f64 {
+        let hidden = self.hidden_size as f64;
+        let inter = self.intermediate_size as f64;
+        let tokens: f64 = seq_lens.iter().map(|&len| len as f64).sum();
+        let linear = 2.0 * tokens * (4.0 * hidden * hidden + 2.0 * hidden * inter);
+        let attention: f64 = seq_lens
+            .iter()
+            .map(|&len| 4.0 * (len as f64) * (len as f64) * hidden)
+            .sum();
+        self.num_hidden_layers as f64 * (linear + attention)
     }
 
     fn validate(&self, path: &Path) -> Result<(), BertError> {
@@ -368,7 +392,7 @@ impl BertModel {
         for layer in &self.layers {
             // Self-attention over each sequence, reading q, k and v in place from the
             // fused projection: token stride 3 * hidden, head stride head_dim.
-            linear(&x, hidden, &layer.qkv_weight, &layer.qkv_bias, &mut qkv);
+            linear(&x, hidden, &layer.qkv_weight, &layer.qkv_bias, &mut qkv)?;
             let view = |offset: usize| {
                 Packed::strided(
                     &qkv[offset..],
@@ -399,7 +423,7 @@ impl BertModel {
                 &layer.attn_out_weight,
                 &layer.attn_out_bias,
                 &mut projected,
-            );
+            )?;
             add_in_place(&mut x, &projected);
             layer_norm_rows(&mut x, &layer.attn_norm_weight, &layer.attn_norm_bias, eps);
 
@@ -410,7 +434,7 @@ impl BertModel {
                 &layer.ffn_up_weight,
                 &layer.ffn_up_bias,
                 &mut ffn,
-            );
+            )?;
             ffn.par_chunks_mut(ROWS_PER_TASK * inter)
                 .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = gelu_erf(*v)));
             linear(
@@ -419,7 +443,7 @@ impl BertModel {
                 &layer.ffn_down_weight,
                 &layer.ffn_down_bias,
                 &mut projected,
-            );
+            )?;
             add_in_place(&mut x, &projected);
             layer_norm_rows(&mut x, &layer.ffn_norm_weight, &layer.ffn_norm_bias, eps);
         }
@@ -479,35 +503,48 @@ fn layer_norm_rows(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
 
 /// Computes `out = x · weight^T + bias` with the gemm crate on the current rayon pool.
 ///
+/// Each output element sums over `in_dim` in an order that depends only on `in_dim`,
+/// so a row's result does not depend on how many rows are computed with it.
+///
 /// # Shapes
 /// `x: [rows, in_dim]`, `weight: [out_dim, in_dim]`, `bias: [out_dim]`,
 /// `out: [rows, out_dim]`, all row-major; `out_dim = bias.len()`.
 ///
-/// # Panics
-/// When the lengths disagree; callers size every buffer from the validated config.
-fn linear(x: &[f32], in_dim: usize, weight: &[f32], bias: &[f32], out: &mut [f32]) {
+/// # Errors
+/// [`BertError::LinearShape`] when `in_dim` or `out_dim` is 0 or a length disagrees.
+pub fn linear(
+    x: &[f32],
+    in_dim: usize,
+    weight: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) -> Result<(), BertError> {
     let out_dim = bias.len();
-    assert!(in_dim > 0 && out_dim > 0, "linear: empty dimension");
-    let rows = x.len() / in_dim;
-    assert_eq!(x.len(), rows * in_dim, "linear: x is not [rows, in_dim]");
-    assert_eq!(
-        weight.len(),
-        out_dim * in_dim,
-        "linear: weight is not [out_dim, in_dim]"
-    );
-    assert_eq!(
-        out.len(),
-        rows * out_dim,
-        "linear: out is not [rows, out_dim]"
-    );
+    let rows = x.len().checked_div(in_dim).unwrap_or(0);
+    let consistent = in_dim > 0
+        && out_dim > 0
+        && x.len() == rows * in_dim
+        && weight.len() / out_dim == in_dim
+        && weight.len() % out_dim == 0
+        && out.len() / out_dim == rows
+        && out.len() % out_dim == 0;
+    if !consistent {
+        return Err(BertError::LinearShape {
+            x_len: x.len(),
+            in_dim,
+            weight_len: weight.len(),
+            out_dim,
+            out_len: out.len(),
+        });
+    }
     if rows == 0 {
-        return;
+        return Ok(());
     }
 
     for row in out.chunks_exact_mut(out_dim) {
         row.copy_from_slice(bias);
     }
-    // SAFETY: the asserts above give `x` exactly rows * in_dim elements, `weight`
+    // SAFETY: the checks above give `x` exactly rows * in_dim elements, `weight`
     // out_dim * in_dim and `out` rows * out_dim. gemm reads lhs(i, l) at
     // x[i * in_dim + l] (row stride in_dim, column stride 1), rhs(l, j) =
     // weight[j * in_dim + l] (the transpose: row stride 1, column stride in_dim), and
@@ -537,6 +574,7 @@ fn linear(x: &[f32], in_dim: usize, weight: &[f32], bias: &[f32], out: &mut [f32
             gemm::Parallelism::Rayon(0),
         );
     }
+    Ok(())
 }
 
 /// The token ids of one input after truncation.
@@ -716,6 +754,23 @@ impl SentenceEncoder {
         Ok(())
     }
 
+    /// Returns the sentence that completes a truncation warning: the length used and
+    /// how to keep more tokens, if the model allows more.
+    pub fn truncation_note(&self) -> String {
+        let max_positions = self.model.config.max_position_embeddings;
+        if self.max_tokens < max_positions {
+            format!(
+                "was truncated to {} tokens; raise --max-tokens (up to {max_positions}) to keep more",
+                self.max_tokens
+            )
+        } else {
+            format!(
+                "was truncated to {} tokens, the model's maximum",
+                self.max_tokens
+            )
+        }
+    }
+
     /// Tokenizes `text` with `[CLS]` and `[SEP]`, truncated to [`Self::max_tokens`].
     ///
     /// # Errors
@@ -751,13 +806,7 @@ impl SentenceEncoder {
         for (index, text) in texts.iter().enumerate() {
             let tokens = self.tokenize_indexed(index, text.as_ref())?;
             if tokens.truncated {
-                tracing::warn!(
-                    input = index,
-                    max_tokens = self.max_tokens,
-                    "input truncated to {} tokens; raise --max-tokens (up to {}) to keep more",
-                    self.max_tokens,
-                    self.model.config.max_position_embeddings
-                );
+                tracing::warn!("input {index} {}", self.truncation_note());
             }
             batch.push(tokens.ids);
         }
