@@ -523,11 +523,9 @@ pub fn linear(
     let rows = x.len().checked_div(in_dim).unwrap_or(0);
     let consistent = in_dim > 0
         && out_dim > 0
-        && x.len() == rows * in_dim
-        && weight.len() / out_dim == in_dim
-        && weight.len() % out_dim == 0
-        && out.len() / out_dim == rows
-        && out.len() % out_dim == 0;
+        && rows.checked_mul(in_dim) == Some(x.len())
+        && out_dim.checked_mul(in_dim) == Some(weight.len())
+        && rows.checked_mul(out_dim) == Some(out.len());
     if !consistent {
         return Err(BertError::LinearShape {
             x_len: x.len(),
@@ -856,6 +854,9 @@ pub fn mean_pool_normalized(
         .windows(2)
         .map(|bounds| {
             let rows = &hidden_states[bounds[0] * dim..bounds[1] * dim];
+            if rows.is_empty() {
+                return vec![0.0; dim];
+            }
             let count = (bounds[1] - bounds[0]) as f64;
             let mut sum = vec![0.0f64; dim];
             for row in rows.chunks_exact(dim) {
