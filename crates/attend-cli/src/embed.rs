@@ -5,7 +5,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use attend_models::bert::{cosine_similarity, linear, SentenceEncoder};
+use attend_models::bert::{cosine_similarity, SentenceEncoder};
+use attend_models::linear::{Linear, LinearKernel};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -227,6 +228,8 @@ pub fn run_bench(args: &BenchEmbedArgs) -> Result<(), String> {
             "forward_gflops": forward_gflops,
             "gemm_gflops": report.gemm_gflops,
             "gemm_shape": report.gemm_shape,
+            "linear_kernel": format!("{:?}", report.linear_kernel),
+            "linear_gflops": report.linear_gflops,
             "gemm_fraction": gemm_fraction,
         });
         println!("{object}");
@@ -242,6 +245,10 @@ pub fn run_bench(args: &BenchEmbedArgs) -> Result<(), String> {
             "forward: {forward_gflops:.1} GFLOP/s (linear layers and attention) = {gemm_fraction:.2} of the f32 GEMM rate at {} ({:.1} GFLOP/s, gemm crate, same run)",
             report.gemm_shape, report.gemm_gflops
         );
+        println!(
+            "linear kernel {:?} at the same shape: {:.1} GFLOP/s",
+            report.linear_kernel, report.linear_gflops
+        );
     }
     Ok(())
 }
@@ -249,7 +256,11 @@ pub fn run_bench(args: &BenchEmbedArgs) -> Result<(), String> {
 /// Median timings of one benchmark run.
 struct BenchReport {
     batch_seconds: f64,
+    /// The gemm crate's rate at the feed-forward shape: the baseline.
     gemm_gflops: f64,
+    /// The model's own linear kernel at the same shape.
+    linear_gflops: f64,
+    linear_kernel: LinearKernel,
     gemm_shape: String,
     reps: usize,
 }
@@ -260,7 +271,8 @@ const MIN_TOTAL: Duration = Duration::from_secs(1);
 
 /// Times `encoder.embed(texts)` and, alternating with it, the feed-forward up
 /// projection `[rows, hidden] x [hidden, intermediate]` (rows = all tokens of the
-/// batch, at most 4096) as the GEMM baseline.
+/// batch, at most 4096) through the gemm crate (the baseline) and through the
+/// kernel the model uses.
 fn measure(
     encoder: &SentenceEncoder,
     texts: &[&str],
@@ -276,14 +288,20 @@ fn measure(
         .map(|i| ((i % 89) as f32 - 44.0) / 89.0)
         .collect();
     let bias = vec![0.0f32; inter];
+    let layer = |kernel| Linear::new(weight.clone(), bias.clone(), hidden, Some(kernel));
+    let gemm = layer(LinearKernel::Gemm).map_err(|err| err.to_string())?;
+    let linear_kernel = LinearKernel::detect();
+    let own = layer(linear_kernel).map_err(|err| err.to_string())?;
     let mut out = vec![0.0f32; rows * inter];
 
     // Warm-up: first-touch page faults and thread start-up stay out of the timings.
     encoder.embed(texts).map_err(|err| err.to_string())?;
-    linear(&x, hidden, &weight, &bias, &mut out).map_err(|err| err.to_string())?;
+    gemm.forward(&x, &mut out).map_err(|err| err.to_string())?;
+    own.forward(&x, &mut out).map_err(|err| err.to_string())?;
 
     let mut batch_times = Vec::new();
     let mut gemm_times = Vec::new();
+    let mut own_times = Vec::new();
     let started = Instant::now();
     while batch_times.len() < MIN_REPS || started.elapsed() < MIN_TOTAL {
         let start = Instant::now();
@@ -291,14 +309,20 @@ fn measure(
         batch_times.push(start.elapsed().as_secs_f64());
 
         let start = Instant::now();
-        linear(&x, hidden, &weight, &bias, &mut out).map_err(|err| err.to_string())?;
+        gemm.forward(&x, &mut out).map_err(|err| err.to_string())?;
         gemm_times.push(start.elapsed().as_secs_f64());
+
+        let start = Instant::now();
+        own.forward(&x, &mut out).map_err(|err| err.to_string())?;
+        own_times.push(start.elapsed().as_secs_f64());
     }
 
     let gemm_flops = 2.0 * (rows * hidden * inter) as f64;
     Ok(BenchReport {
         batch_seconds: median(&mut batch_times),
         gemm_gflops: gemm_flops / median(&mut gemm_times) / 1e9,
+        linear_gflops: gemm_flops / median(&mut own_times) / 1e9,
+        linear_kernel,
         gemm_shape: format!("[{rows}, {hidden}] x [{hidden}, {inter}]"),
         reps: batch_times.len(),
     })

@@ -11,8 +11,9 @@
 //! A batch runs packed: the sentences' tokens lie one after another, `[total_tokens,
 //! hidden]`, with cumulative offsets, and attention is one varlen call. Nothing is
 //! padded, so no work is spent on padding and no padding mask is needed. Every other
-//! step works row by row, and the GEMM's reduction order depends only on the inner
-//! dimension, so a sentence's embedding is the same whatever else is in the batch.
+//! step works row by row, so a sentence's embedding does not depend on what else is
+//! in the batch: bitwise with the AVX-512 linear kernel, to the last bits of the
+//! gemm crate's rounding otherwise (see [`crate::linear`]).
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+use crate::linear::{Linear, LinearError, LinearKernel};
 use crate::ops::{add_in_place, gelu_erf, layer_norm};
 use crate::safetensors_file::{SafetensorsError, SafetensorsFile};
 
@@ -73,15 +75,9 @@ pub enum BertError {
     /// A token id from the tokenizer has no row in the embedding table.
     #[error("token id {id} is outside the vocabulary of {vocab_size}; tokenizer.json does not match the model")]
     TokenOutOfRange { id: u32, vocab_size: usize },
-    /// A linear layer's buffers disagree in size.
-    #[error("linear layer shapes disagree: x has {x_len} values for in_dim {in_dim}, weight {weight_len} for [{out_dim}, {in_dim}], out {out_len}")]
-    LinearShape {
-        x_len: usize,
-        in_dim: usize,
-        weight_len: usize,
-        out_dim: usize,
-        out_len: usize,
-    },
+    /// A linear layer rejected its weights or buffers.
+    #[error(transparent)]
+    Linear(#[from] LinearError),
     /// Packed-batch offsets that do not run from 0 to the token count in order.
     #[error("invalid sequence offsets {cu_seqlens:?} for {total_tokens} tokens; they must start at 0, not decrease and end at the token count")]
     InvalidOffsets {
@@ -225,23 +221,18 @@ struct PoolingConfig {
     pooling_mode_mean_sqrt_len_tokens: bool,
 }
 
-/// One encoder layer's weights, each linear weight `[out, in]` row-major.
+/// One encoder layer's weights.
 struct Layer {
-    /// Query, key and value weights stacked: `[3 * hidden, hidden]`.
-    qkv_weight: Vec<f32>,
-    /// `[3 * hidden]`.
-    qkv_bias: Vec<f32>,
+    /// Query, key and value projections stacked: `[3 * hidden, hidden]`.
+    qkv: Linear,
     /// `[hidden, hidden]`.
-    attn_out_weight: Vec<f32>,
-    attn_out_bias: Vec<f32>,
+    attn_out: Linear,
     attn_norm_weight: Vec<f32>,
     attn_norm_bias: Vec<f32>,
     /// `[intermediate, hidden]`.
-    ffn_up_weight: Vec<f32>,
-    ffn_up_bias: Vec<f32>,
+    ffn_up: Linear,
     /// `[hidden, intermediate]`.
-    ffn_down_weight: Vec<f32>,
-    ffn_down_bias: Vec<f32>,
+    ffn_down: Linear,
     ffn_norm_weight: Vec<f32>,
     ffn_norm_bias: Vec<f32>,
 }
@@ -272,14 +263,26 @@ impl BertModel {
     /// Loads the weights from `weights` (Hugging Face `BertModel` tensor names), checking
     /// every tensor's dtype and shape against `config`.
     ///
+    /// The linear layers use `kernel` (`None`: the fastest this CPU runs).
+    ///
     /// # Errors
     /// [`BertError::Weights`] naming the first tensor that is missing, not f32, or
-    /// shaped differently from what `config` implies.
-    pub fn load(config: BertConfig, weights: &SafetensorsFile) -> Result<Self, BertError> {
+    /// shaped differently from what `config` implies; [`BertError::Linear`] when
+    /// `kernel` cannot run on this CPU.
+    pub fn load(
+        config: BertConfig,
+        weights: &SafetensorsFile,
+        kernel: Option<LinearKernel>,
+    ) -> Result<Self, BertError> {
         let hidden = config.hidden_size;
         let inter = config.intermediate_size;
         let vector = |name: &str, len: usize| weights.tensor_f32(name, &[len]);
         let matrix = |name: &str, rows: usize, cols: usize| weights.tensor_f32(name, &[rows, cols]);
+        let dense = |prefix: &str, out_dim: usize, in_dim: usize| -> Result<Linear, BertError> {
+            let weight = matrix(&format!("{prefix}.weight"), out_dim, in_dim)?;
+            let bias = vector(&format!("{prefix}.bias"), out_dim)?;
+            Ok(Linear::new(weight, bias, in_dim, kernel)?)
+        };
 
         let word_embeddings = matrix(
             "embeddings.word_embeddings.weight",
@@ -317,16 +320,12 @@ impl BertModel {
                 )?);
             }
             layers.push(Layer {
-                qkv_weight,
-                qkv_bias,
-                attn_out_weight: matrix(&name("attention.output.dense.weight"), hidden, hidden)?,
-                attn_out_bias: vector(&name("attention.output.dense.bias"), hidden)?,
+                qkv: Linear::new(qkv_weight, qkv_bias, hidden, kernel)?,
+                attn_out: dense(&name("attention.output.dense"), hidden, hidden)?,
                 attn_norm_weight: vector(&name("attention.output.LayerNorm.weight"), hidden)?,
                 attn_norm_bias: vector(&name("attention.output.LayerNorm.bias"), hidden)?,
-                ffn_up_weight: matrix(&name("intermediate.dense.weight"), inter, hidden)?,
-                ffn_up_bias: vector(&name("intermediate.dense.bias"), inter)?,
-                ffn_down_weight: matrix(&name("output.dense.weight"), hidden, inter)?,
-                ffn_down_bias: vector(&name("output.dense.bias"), hidden)?,
+                ffn_up: dense(&name("intermediate.dense"), inter, hidden)?,
+                ffn_down: dense(&name("output.dense"), hidden, inter)?,
                 ffn_norm_weight: vector(&name("output.LayerNorm.weight"), hidden)?,
                 ffn_norm_bias: vector(&name("output.LayerNorm.bias"), hidden)?,
             });
@@ -392,7 +391,7 @@ impl BertModel {
         for layer in &self.layers {
             // Self-attention over each sequence, reading q, k and v in place from the
             // fused projection: token stride 3 * hidden, head stride head_dim.
-            linear(&x, hidden, &layer.qkv_weight, &layer.qkv_bias, &mut qkv)?;
+            layer.qkv.forward(&x, &mut qkv)?;
             let view = |offset: usize| {
                 Packed::strided(
                     &qkv[offset..],
@@ -417,33 +416,15 @@ impl BertModel {
             )?;
 
             // Output projection, residual, LayerNorm.
-            linear(
-                &context,
-                hidden,
-                &layer.attn_out_weight,
-                &layer.attn_out_bias,
-                &mut projected,
-            )?;
+            layer.attn_out.forward(&context, &mut projected)?;
             add_in_place(&mut x, &projected);
             layer_norm_rows(&mut x, &layer.attn_norm_weight, &layer.attn_norm_bias, eps);
 
             // Feed-forward with exact GELU, residual, LayerNorm.
-            linear(
-                &x,
-                hidden,
-                &layer.ffn_up_weight,
-                &layer.ffn_up_bias,
-                &mut ffn,
-            )?;
+            layer.ffn_up.forward(&x, &mut ffn)?;
             ffn.par_chunks_mut(ROWS_PER_TASK * inter)
                 .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = gelu_erf(*v)));
-            linear(
-                &ffn,
-                inter,
-                &layer.ffn_down_weight,
-                &layer.ffn_down_bias,
-                &mut projected,
-            )?;
+            layer.ffn_down.forward(&ffn, &mut projected)?;
             add_in_place(&mut x, &projected);
             layer_norm_rows(&mut x, &layer.ffn_norm_weight, &layer.ffn_norm_bias, eps);
         }
@@ -501,80 +482,6 @@ fn layer_norm_rows(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
         .for_each(|chunk| layer_norm(chunk, weight, bias, eps));
 }
 
-/// Computes `out = x · weight^T + bias` with the gemm crate on the current rayon pool.
-///
-/// Each output element sums over `in_dim` in an order that depends only on `in_dim`,
-/// so a row's result does not depend on how many rows are computed with it.
-///
-/// # Shapes
-/// `x: [rows, in_dim]`, `weight: [out_dim, in_dim]`, `bias: [out_dim]`,
-/// `out: [rows, out_dim]`, all row-major; `out_dim = bias.len()`.
-///
-/// # Errors
-/// [`BertError::LinearShape`] when `in_dim` or `out_dim` is 0 or a length disagrees.
-pub fn linear(
-    x: &[f32],
-    in_dim: usize,
-    weight: &[f32],
-    bias: &[f32],
-    out: &mut [f32],
-) -> Result<(), BertError> {
-    let out_dim = bias.len();
-    let rows = x.len().checked_div(in_dim).unwrap_or(0);
-    let consistent = in_dim > 0
-        && out_dim > 0
-        && rows.checked_mul(in_dim) == Some(x.len())
-        && out_dim.checked_mul(in_dim) == Some(weight.len())
-        && rows.checked_mul(out_dim) == Some(out.len());
-    if !consistent {
-        return Err(BertError::LinearShape {
-            x_len: x.len(),
-            in_dim,
-            weight_len: weight.len(),
-            out_dim,
-            out_len: out.len(),
-        });
-    }
-    if rows == 0 {
-        return Ok(());
-    }
-
-    for row in out.chunks_exact_mut(out_dim) {
-        row.copy_from_slice(bias);
-    }
-    // SAFETY: the checks above give `x` exactly rows * in_dim elements, `weight`
-    // out_dim * in_dim and `out` rows * out_dim. gemm reads lhs(i, l) at
-    // x[i * in_dim + l] (row stride in_dim, column stride 1), rhs(l, j) =
-    // weight[j * in_dim + l] (the transpose: row stride 1, column stride in_dim), and
-    // reads and writes dst(i, j) at out[i * out_dim + j]; every index is in bounds for
-    // i < rows, j < out_dim, l < in_dim. `out` is borrowed mutably, so it aliases
-    // neither input.
-    unsafe {
-        gemm::gemm(
-            rows,
-            out_dim,
-            in_dim,
-            out.as_mut_ptr(),
-            1,
-            out_dim as isize,
-            true,
-            x.as_ptr(),
-            1,
-            in_dim as isize,
-            weight.as_ptr(),
-            in_dim as isize,
-            1,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
-    Ok(())
-}
-
 /// The token ids of one input after truncation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tokens {
@@ -615,6 +522,15 @@ impl SentenceEncoder {
     /// for a missing required file, and the errors of [`BertConfig::load`] and
     /// [`BertModel::load`].
     pub fn load(dir: &Path) -> Result<Self, BertError> {
+        Self::load_with_kernel(dir, None)
+    }
+
+    /// As [`Self::load`], with the linear layers on `kernel` (`None`: the fastest
+    /// this CPU runs).
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn load_with_kernel(dir: &Path, kernel: Option<LinearKernel>) -> Result<Self, BertError> {
         if dir.is_file() {
             return Err(if has_gguf_magic(dir) {
                 BertError::GgufGiven {
@@ -671,7 +587,7 @@ impl SentenceEncoder {
             return Err(BertError::GgufGiven { path: weights_path });
         }
         let weights = SafetensorsFile::open(&weights_path)?;
-        let model = BertModel::load(config, &weights)?;
+        let model = BertModel::load(config, &weights, kernel)?;
         drop(weights);
 
         let tokenizer_path = dir.join("tokenizer.json");

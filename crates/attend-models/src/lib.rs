@@ -2,6 +2,7 @@
 
 pub mod bert;
 pub mod ggml_type;
+pub mod linear;
 pub mod ops;
 pub mod safetensors_file;
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use attend_models::bert::{BertConfig, BertError, BertModel, SentenceEncoder};
+use attend_models::linear::LinearKernel;
 use attend_models::safetensors_file::{SafetensorsError, SafetensorsFile};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -388,39 +389,49 @@ fn twin_pool(hidden_states: &[f64]) -> Vec<f64> {
 }
 
 fn tiny_model(dir_name: &str) -> BertModel {
+    tiny_model_on(dir_name, None)
+}
+
+fn tiny_model_on(dir_name: &str, kernel: Option<LinearKernel>) -> BertModel {
     let dir = scratch_dir(dir_name);
     let path = dir.join("model.safetensors");
     std::fs::write(&path, good_weights()).unwrap();
     std::fs::write(dir.join("config.json"), config_json("bert")).unwrap();
     let config = BertConfig::load(&dir.join("config.json")).unwrap();
-    BertModel::load(config, &SafetensorsFile::open(&path).unwrap()).unwrap()
+    BertModel::load(config, &SafetensorsFile::open(&path).unwrap(), kernel).unwrap()
 }
 
 #[test]
 fn forward_matches_f64_twin() {
-    let model = tiny_model("twin");
     let tensors = tiny_tensors();
-    // Lengths 0, 1, 2, 70 (two query tiles) and 5, packed in one call.
-    let lengths = [0usize, 1, 2, 70, 5];
-    let mut ids = Vec::new();
-    let mut cu_seqlens = vec![0];
-    for (seq_idx, &len) in lengths.iter().enumerate() {
-        ids.extend((0..len).map(|i| ((i * 7 + seq_idx * 3) % VOCAB) as u32));
-        cu_seqlens.push(ids.len());
-    }
-    let hidden_states = model.forward(&ids, &cu_seqlens).unwrap();
-    assert_eq!(hidden_states.len(), ids.len() * HIDDEN);
+    for kernel in [LinearKernel::Gemm, LinearKernel::Avx512] {
+        if !kernel.is_available() {
+            eprintln!("{kernel:?} is not available on this CPU");
+            continue;
+        }
+        let model = tiny_model_on(&format!("twin_{kernel:?}"), Some(kernel));
+        // Lengths 0, 1, 2, 70 (two query tiles) and 5, packed in one call.
+        let lengths = [0usize, 1, 2, 70, 5];
+        let mut ids = Vec::new();
+        let mut cu_seqlens = vec![0];
+        for (seq_idx, &len) in lengths.iter().enumerate() {
+            ids.extend((0..len).map(|i| ((i * 7 + seq_idx * 3) % VOCAB) as u32));
+            cu_seqlens.push(ids.len());
+        }
+        let hidden_states = model.forward(&ids, &cu_seqlens).unwrap();
+        assert_eq!(hidden_states.len(), ids.len() * HIDDEN);
 
-    for (seq_idx, bounds) in cu_seqlens.windows(2).enumerate() {
-        let expected = twin_forward(&tensors, &ids[bounds[0]..bounds[1]]);
-        let got = &hidden_states[bounds[0] * HIDDEN..bounds[1] * HIDDEN];
-        for (idx, (&g, &e)) in got.iter().zip(&expected).enumerate() {
-            assert!(
-                (f64::from(g) - e).abs() <= TWIN_TOLERANCE,
-                "sequence {seq_idx}, token {}, dim {}: {g} against twin {e}",
-                idx / HIDDEN,
-                idx % HIDDEN
-            );
+        for (seq_idx, bounds) in cu_seqlens.windows(2).enumerate() {
+            let expected = twin_forward(&tensors, &ids[bounds[0]..bounds[1]]);
+            let got = &hidden_states[bounds[0] * HIDDEN..bounds[1] * HIDDEN];
+            for (idx, (&g, &e)) in got.iter().zip(&expected).enumerate() {
+                assert!(
+                    (f64::from(g) - e).abs() <= TWIN_TOLERANCE,
+                    "{kernel:?}: sequence {seq_idx}, token {}, dim {}: {g} against twin {e}",
+                    idx / HIDDEN,
+                    idx % HIDDEN
+                );
+            }
         }
     }
 }
