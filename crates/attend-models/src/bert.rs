@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::linear::{Linear, LinearError, LinearKernel};
-use crate::ops::{add_in_place, gelu_erf, layer_norm};
+use crate::ops::{add_in_place, gelu_erf_in_place, layer_norm};
 use crate::safetensors_file::{SafetensorsError, SafetensorsFile};
 
 /// Errors from loading a BERT sentence encoder or running it.
@@ -423,7 +423,7 @@ impl BertModel {
             // Feed-forward with exact GELU, residual, LayerNorm.
             layer.ffn_up.forward(&x, &mut ffn)?;
             ffn.par_chunks_mut(ROWS_PER_TASK * inter)
-                .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = gelu_erf(*v)));
+                .for_each(gelu_erf_in_place);
             layer.ffn_down.forward(&ffn, &mut projected)?;
             add_in_place(&mut x, &projected);
             layer_norm_rows(&mut x, &layer.ffn_norm_weight, &layer.ffn_norm_bias, eps);
