@@ -512,10 +512,10 @@ impl std::fmt::Debug for SentenceEncoder {
 }
 
 impl SentenceEncoder {
-    /// Loads a sentence-transformers folder: `config.json`, `model.safetensors`,
-    /// `tokenizer.json`, and optionally `sentence_bert_config.json` (truncation
-    /// length; without it, the model's position count) and `1_Pooling/config.json`
-    /// (must select mean pooling when present).
+    /// Loads a sentence-transformers folder with `config.json`, `model.safetensors`
+    /// and `tokenizer.json`. The optional `sentence_bert_config.json` sets the
+    /// truncation length (without it, the model's position count), and the optional
+    /// `1_Pooling/config.json` must select mean pooling.
     ///
     /// # Errors
     /// [`BertError::GgufGiven`] when `dir` is a GGUF file, [`BertError::MissingFile`]
@@ -649,9 +649,9 @@ impl SentenceEncoder {
                 max_positions,
             });
         }
-        // sentence-transformers truncates the word pieces so that they and the added
-        // [CLS] and [SEP] fit in max_seq_length; the tokenizer's own truncation does
-        // the same when given the total length.
+        // sentence-transformers keeps as many word pieces as fit in max_seq_length
+        // together with the added [CLS] and [SEP]. The tokenizer's own truncation
+        // does the same when given the total length.
         let params = TruncationParams {
             direction: TruncationDirection::Right,
             max_length: max_tokens,
@@ -761,11 +761,7 @@ impl SentenceEncoder {
 /// # Panics
 /// When the offsets decrease or lie past `hidden_states`; [`BertModel::forward`]
 /// validates the offsets it returns states for.
-pub fn mean_pool_normalized(
-    hidden_states: &[f32],
-    cu_seqlens: &[usize],
-    dim: usize,
-) -> Vec<Vec<f32>> {
+fn mean_pool_normalized(hidden_states: &[f32], cu_seqlens: &[usize], dim: usize) -> Vec<Vec<f32>> {
     cu_seqlens
         .windows(2)
         .map(|bounds| {

@@ -50,7 +50,7 @@ pub enum LinearError {
     KernelUnavailable { kernel: LinearKernel },
 }
 
-/// Which implementation a [`Linear`] uses.
+/// The implementation behind a [`Linear`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinearKernel {
     /// The `gemm` crate (AVX2+FMA or portable on this build).
@@ -273,7 +273,11 @@ fn avx512_tile(
     tile: &mut [[f32; PANEL_WIDTH]; TILE_ROWS],
 ) {
     assert!((1..=TILE_ROWS).contains(&rows), "tile rows {rows}");
-    assert!(x.len() >= rows * in_dim && panel.len() >= in_dim * PANEL_WIDTH);
+    assert!(x.len() >= rows * in_dim, "x shorter than the tile");
+    assert!(
+        panel.len() >= in_dim * PANEL_WIDTH,
+        "panel shorter than in_dim * 32"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: `Linear::new` only selects the AVX-512 kernel after
@@ -296,7 +300,7 @@ fn avx512_tile(
     unreachable!("the AVX-512 kernel is never selected off x86-64");
 }
 
-/// The `ROWS x 32` register tile: 2 * ROWS zmm accumulators, one broadcast of
+/// Computes one `ROWS x 32` register tile: 2 * ROWS zmm accumulators, one broadcast of
 /// `x[r][l]` per row and two panel loads per step of `l`.
 ///
 /// # Safety
@@ -331,7 +335,7 @@ unsafe fn tile_avx512<const ROWS: usize>(
         }
     }
     for (acc_row, tile_row) in acc.iter().zip(tile.iter_mut()) {
-        // SAFETY: each tile row holds 32 f32, written as two unaligned 16-lane stores.
+        // SAFETY: each tile row contains 32 f32, written as two unaligned 16-lane stores.
         unsafe {
             _mm512_storeu_ps(tile_row.as_mut_ptr(), acc_row[0]);
             _mm512_storeu_ps(tile_row.as_mut_ptr().add(16), acc_row[1]);

@@ -85,9 +85,9 @@ impl SafetensorsFile {
         };
         let file = File::open(path).map_err(io_error)?;
         // SAFETY: the mapping is read-only and private to this value. Another process
-        // truncating or rewriting the model file while it is mapped would change the
-        // bytes under us; model files are not written while a model loads, and every
-        // read below copies the bytes out and checks bounds against the mapping length.
+        // truncating or rewriting the file while it is mapped would change the bytes
+        // under us, which model files do not see while a model loads. Every read below
+        // copies the bytes out and checks bounds against the mapping length.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io_error)?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|source| SafetensorsError::Header {

@@ -37,13 +37,13 @@ struct FixtureSentence {
 }
 
 /// Minimum cosine against the reference. Both sides compute in f32 with different
-/// summation orders (gemm crate against oneDNN/MKL); the fixture records a float32
-/// against float64 cosine of 1.0 to 10 digits, so 0.9999 leaves room only for
-/// rounding, not for a wrong operation.
+/// summation orders (attend's kernels against PyTorch's). The fixture records a
+/// float32 against float64 cosine of 1.0 to 10 digits, so 0.9999 leaves room for
+/// rounding but not for a wrong operation.
 const MIN_COSINE: f64 = 0.9999;
 
 /// Maximum absolute difference per component. The fixture rounds to 6 significant
-/// digits, so components near 0.1 carry up to 5e-7 of rounding; f32 arithmetic in
+/// digits, so components near 0.1 carry up to 5e-7 of rounding. f32 arithmetic in
 /// another order adds a few ulps of the hidden states on top.
 const MAX_COMPONENT_DIFF: f32 = 2e-6;
 

@@ -50,7 +50,7 @@ impl Values {
     }
 }
 
-/// Every tensor of the tiny model, `(name, shape, values)`, in Hugging Face names.
+/// Returns every tensor of the tiny model, `(name, shape, values)`, in Hugging Face names.
 fn tiny_tensors() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let mut values = Values(0x9e37_79b9_7f4a_7c15);
     let mut tensors = BTreeMap::new();
@@ -155,7 +155,7 @@ fn safetensors_bytes(
     safetensors::serialize(views, None).unwrap()
 }
 
-/// A WordLevel tokenizer over `[UNK] [CLS] [SEP] a b c ...` with BERT's template;
+/// Returns the JSON of a WordLevel tokenizer over `[UNK] [CLS] [SEP] a b c ...` with BERT's template;
 /// `extra` adds words whose ids may lie past the model's vocabulary.
 fn tokenizer_json(extra: &[(&str, u32)]) -> String {
     let mut vocab = serde_json::json!({"[UNK]": 0, "[CLS]": 1, "[SEP]": 2});
@@ -196,7 +196,7 @@ fn tokenizer_json(extra: &[(&str, u32)]) -> String {
     .to_string()
 }
 
-/// A fresh, empty folder under the target directory's temporary space.
+/// Creates a fresh, empty folder under the target directory's temporary space.
 fn scratch_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("minilm_crafted_{name}"));
     let _ = std::fs::remove_dir_all(&dir);
