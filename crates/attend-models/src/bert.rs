@@ -421,9 +421,9 @@ impl BertModel {
             layer_norm_rows(&mut x, &layer.attn_norm_weight, &layer.attn_norm_bias, eps);
 
             // Feed-forward with exact GELU, residual, LayerNorm.
-            layer.ffn_up.forward(&x, &mut ffn)?;
-            ffn.par_chunks_mut(ROWS_PER_TASK * inter)
-                .for_each(gelu_erf_in_place);
+            layer
+                .ffn_up
+                .forward_activated(&x, &mut ffn, gelu_erf_in_place)?;
             layer.ffn_down.forward(&ffn, &mut projected)?;
             add_in_place(&mut x, &projected);
             layer_norm_rows(&mut x, &layer.ffn_norm_weight, &layer.ffn_norm_bias, eps);

@@ -157,6 +157,33 @@ impl Linear {
     /// [`LinearError::BufferShape`] when `x` or `out` does not hold whole rows of the
     /// same count.
     pub fn forward(&self, x: &[f32], out: &mut [f32]) -> Result<(), LinearError> {
+        self.forward_impl(x, out, None)
+    }
+
+    /// Computes `out = activation(x · W^T + b)`: as [`Self::forward`], then applies
+    /// `activation` to each block of finished output rows while they are still in
+    /// cache. `activation` receives whole rows and must act element by element.
+    ///
+    /// # Shapes
+    /// As [`Self::forward`].
+    ///
+    /// # Errors
+    /// As [`Self::forward`].
+    pub fn forward_activated(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        activation: fn(&mut [f32]),
+    ) -> Result<(), LinearError> {
+        self.forward_impl(x, out, Some(activation))
+    }
+
+    fn forward_impl(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        activation: Option<fn(&mut [f32])>,
+    ) -> Result<(), LinearError> {
         let rows = x.len() / self.in_dim;
         if rows.checked_mul(self.in_dim) != Some(x.len())
             || rows.checked_mul(self.out_dim) != Some(out.len())
@@ -172,8 +199,14 @@ impl Linear {
             return Ok(());
         }
         match self.kernel {
-            LinearKernel::Gemm => self.forward_gemm(x, rows, out),
-            LinearKernel::Avx512 => self.forward_avx512(x, out),
+            LinearKernel::Gemm => {
+                self.forward_gemm(x, rows, out);
+                if let Some(activation) = activation {
+                    out.par_chunks_mut(ROWS_PER_TASK * self.out_dim)
+                        .for_each(activation);
+                }
+            }
+            LinearKernel::Avx512 => self.forward_avx512(x, out, activation),
         }
         Ok(())
     }
@@ -215,7 +248,7 @@ impl Linear {
         }
     }
 
-    fn forward_avx512(&self, x: &[f32], out: &mut [f32]) {
+    fn forward_avx512(&self, x: &[f32], out: &mut [f32], activation: Option<fn(&mut [f32])>) {
         let (in_dim, out_dim) = (self.in_dim, self.out_dim);
         let panel_len = in_dim * PANEL_WIDTH;
         out.par_chunks_mut(ROWS_PER_TASK * out_dim)
@@ -239,6 +272,9 @@ impl Linear {
                             }
                         }
                     }
+                }
+                if let Some(activation) = activation {
+                    activation(out_rows);
                 }
             });
     }
@@ -449,6 +485,26 @@ mod tests {
                 "rows {start}..{}",
                 start + count
             );
+        }
+    }
+
+    #[test]
+    fn activated_equals_forward_then_activation() {
+        fn square(row: &mut [f32]) {
+            row.iter_mut().for_each(|v| *v *= *v);
+        }
+        let (rows, in_dim, out_dim) = (70, 48, 40);
+        let x = values(rows * in_dim, 11);
+        let weight = values(out_dim * in_dim, 12);
+        let bias = values(out_dim, 13);
+        for kernel in kernels() {
+            let layer = Linear::new(weight.clone(), bias.clone(), in_dim, Some(kernel)).unwrap();
+            let mut expected = vec![0.0; rows * out_dim];
+            layer.forward(&x, &mut expected).unwrap();
+            square(&mut expected);
+            let mut fused = vec![0.0; rows * out_dim];
+            layer.forward_activated(&x, &mut fused, square).unwrap();
+            assert_eq!(fused, expected, "{kernel:?}");
         }
     }
 
