@@ -473,6 +473,11 @@ impl BertModel {
     }
 }
 
+/// Tokens per packed forward pass in [`SentenceEncoder::embed_ids`]. The activations
+/// take `4 * (3 * hidden + 2 * hidden + intermediate)` bytes per token, 15 KiB for
+/// MiniLM (hidden 384, intermediate 1536), so 60 MiB at this length.
+pub const MAX_TOKENS_PER_FORWARD: usize = 4096;
+
 /// Rows per rayon task in the element-wise steps.
 const ROWS_PER_TASK: usize = 16;
 
@@ -729,12 +734,33 @@ impl SentenceEncoder {
 
     /// Embeds sequences of token ids (each with its `[CLS]` and `[SEP]`).
     ///
+    /// Sequences run in packed forward passes of at most [`MAX_TOKENS_PER_FORWARD`]
+    /// tokens (a longer single sequence runs alone), which bounds the activation
+    /// memory without changing any embedding.
+    ///
     /// # Shapes
     /// Returns `[batch.len()]` vectors of [`Self::dim`] values.
     ///
     /// # Errors
     /// As [`BertModel::forward`].
     pub fn embed_ids(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, BertError> {
+        let mut embeddings = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        while start < batch.len() {
+            let mut end = start + 1;
+            let mut tokens = batch[start].len();
+            while end < batch.len() && tokens + batch[end].len() <= MAX_TOKENS_PER_FORWARD {
+                tokens += batch[end].len();
+                end += 1;
+            }
+            embeddings.extend(self.embed_packed(&batch[start..end])?);
+            start = end;
+        }
+        Ok(embeddings)
+    }
+
+    /// Embeds `batch` in one packed forward pass.
+    fn embed_packed(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, BertError> {
         let mut cu_seqlens = Vec::with_capacity(batch.len() + 1);
         cu_seqlens.push(0);
         let mut ids = Vec::new();

@@ -210,6 +210,48 @@ fn embedding_alone_equals_in_batch() {
 }
 
 #[test]
+fn batch_over_token_budget_splits_invisibly() {
+    // 18 truncated sentences of 256 tokens and short ones between them: 4700 tokens,
+    // more than one packed forward pass holds.
+    let fixture = fixture();
+    let long = &fixture.sentences.iter().find(|s| s.truncated).unwrap().text;
+    let texts: Vec<&str> = (0..36)
+        .map(|i| {
+            if i % 2 == 0 {
+                long.as_str()
+            } else {
+                "a short one"
+            }
+        })
+        .collect();
+    let encoder = encoder();
+    let total: usize = texts
+        .iter()
+        .map(|t| encoder.tokenize(t).unwrap().ids.len())
+        .sum();
+    assert!(
+        total > attend_models::bert::MAX_TOKENS_PER_FORWARD,
+        "{total} tokens"
+    );
+    let batched = encoder.embed(&texts).unwrap();
+    let long_alone = encoder.embed(&[long.as_str()]).unwrap().remove(0);
+    let short_alone = encoder.embed(&["a short one"]).unwrap().remove(0);
+    for (idx, embedding) in batched.iter().enumerate() {
+        let alone = if idx % 2 == 0 {
+            &long_alone
+        } else {
+            &short_alone
+        };
+        for (dim_idx, (&a, &b)) in alone.iter().zip(embedding).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6,
+                "input {idx}, dim {dim_idx}: alone {a}, batched {b}"
+            );
+        }
+    }
+}
+
+#[test]
 fn empty_batch_gives_no_embeddings() {
     let none: [&str; 0] = [];
     assert!(encoder().embed(&none).unwrap().is_empty());
