@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use attend_models::bert::{cosine_similarity, BertError, SentenceEncoder};
+use attend_models::linear::LinearKernel;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -204,6 +205,17 @@ fn embedding_alone_equals_in_batch() {
                 diff <= 1e-6,
                 "input {idx}, dim {dim_idx}: alone {a}, reversed batch {}",
                 in_reversed[dim_idx]
+            );
+        }
+        // Every step is row-wise or per sequence, so with the AVX-512 linear kernel
+        // (whose sums do not depend on the row count) the bits agree too.
+        if LinearKernel::detect() == LinearKernel::Avx512 {
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&alone), bits(&batched[idx]), "input {idx} bits");
+            assert_eq!(
+                bits(&alone),
+                bits(in_reversed),
+                "input {idx} bits, reversed"
             );
         }
     }
