@@ -9,6 +9,7 @@ mod bench_decode;
 mod bench_generate;
 mod bench_matmul;
 mod common;
+mod embed;
 mod generate;
 mod kv_plan;
 mod perplexity;
@@ -39,6 +40,10 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Measure perplexity over a text file as llama.cpp's perplexity tool does.
     Perplexity(perplexity::PerplexityArgs),
+    /// Print the sentence embedding of each input (all-MiniLM-L6-v2 by default).
+    Embed(embed::EmbedArgs),
+    /// Print the cosine similarity of two sentences' embeddings.
+    Similarity(embed::SimilarityArgs),
     /// Print the KV cache memory a model shape needs at a given context.
     KvPlan(kv_plan::KvPlanArgs),
     /// Measure kernels and models against this machine's baselines.
@@ -50,6 +55,8 @@ enum Command {
 enum BenchCommand {
     /// Time the split-KV decode kernel over a filled KV cache beside a memory copy.
     Decode(bench_decode::BenchDecodeArgs),
+    /// Time sentence embeddings (sentences/s) against an f32 GEMM in the same run.
+    Embed(embed::BenchEmbedArgs),
     /// Prefill and decode tokens/s of a GGUF model.
     Generate(bench_generate::BenchGenerateArgs),
     /// Time the tiled attention kernel (or the f64 oracle) on random inputs.
@@ -72,7 +79,10 @@ fn main() -> ExitCode {
         Command::Chat(args) => generate::run_chat(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Perplexity(args) => perplexity::run(args),
+        Command::Embed(args) => embed::run_embed(args),
+        Command::Similarity(args) => embed::run_similarity(args),
         Command::KvPlan(args) => kv_plan::run(args),
+        Command::Bench(BenchCommand::Embed(args)) => embed::run_bench(args),
         Command::Bench(BenchCommand::Decode(args)) => bench_decode::run(args),
         Command::Bench(BenchCommand::Generate(args)) => bench_generate::run(args),
         Command::Bench(BenchCommand::Attention(args)) => {

@@ -1,5 +1,6 @@
 //! Model files, quantized weights, tokenizers and architectures for attend.
 
+pub mod bert;
 pub mod chat;
 pub mod decoder;
 pub mod engine;
@@ -7,9 +8,11 @@ pub mod error;
 pub mod gemma3;
 pub mod ggml_type;
 pub mod gguf;
+pub mod linear;
 pub mod llama;
 pub mod ops;
 pub mod quant;
+pub mod safetensors_file;
 pub mod sampling;
 pub mod tokenizer;
 
