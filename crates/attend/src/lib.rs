@@ -2,7 +2,7 @@
 //!
 //! The crate computes `softmax(scale * q k^T + mask) v` exactly, tile by tile, with
 //! the FlashAttention-2 forward algorithm ([`flash`]), beside a float64 oracle
-//! ([`reference`]) that materialises every score. Tensors use the BSHD layout
+//! ([`reference`](mod@reference)) that materialises every score. Tensors use the BSHD layout
 //! `[batch, seq_len, heads, head_dim]` ([`layout`]), stored as f32, f16 or bf16
 //! ([`dtype`]); arithmetic is f32. Masks and score modifications ([`mask`]) are generic
 //! closures compiled into the kernel. SIMD code is chosen at run time ([`simd`]).

@@ -2,9 +2,9 @@
 //!
 //! Two vocabulary kinds are supported, named by the file's `tokenizer.ggml.model`:
 //! - `gpt2`: byte-level BPE with a regex pre-tokenizer chosen by `tokenizer.ggml.pre`
-//!   (SmolLM2), built on the `tokenizers` crate ([`bpe`]);
+//!   (SmolLM2), built on the `tokenizers` crate (module `bpe`);
 //! - `llama`: SentencePiece-style merges by score with `<0xXX>` byte fallback
-//!   (Gemma 3), written here ([`spm`]).
+//!   (Gemma 3), written here (module `spm`).
 //!
 //! Both follow llama.cpp's tokenizer (`src/llama-vocab.cpp`), which is also the
 //! reference the tests compare ids against. Special tokens (control, user-defined

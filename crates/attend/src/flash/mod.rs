@@ -1,6 +1,6 @@
 //! Tiled exact attention for prefill: the FlashAttention-2 forward algorithm on the CPU.
 //!
-//! Four entries share one kernel ([`kernel`]):
+//! Four entries share one kernel (the private `kernel` module):
 //!
 //! | entry | layout | mask and score |
 //! |---|---|---|
