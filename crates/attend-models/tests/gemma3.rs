@@ -41,88 +41,21 @@ fn config_follows_the_architecture() {
 
 #[test]
 fn teacher_forced_matches_exact_reference() {
-    let reference = fixture("gemma3_numpy.json");
-    let tf = &reference["teacher_forced"];
-    let ids = ids(&tf["ids"]);
-    assert!(
-        ids.len() > 600,
-        "the text must be longer than the 512-token window"
-    );
-    let top1 = model_support::ids(&tf["top1"]);
-    let top5_ids: Vec<Vec<u32>> = tf["top5_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(model_support::ids)
-        .collect();
-    let top5_logits: Vec<Vec<f32>> = tf["top5_logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(floats)
-        .collect();
-    let margins = margins(&top5_logits);
-
-    let d = decoder();
-    let mut session = d.new_session(ids.len(), KvDtype::F32).unwrap();
-    // Chunks of 200 tokens: later chunks attend through the rolling caches of the
-    // sliding layers after they have wrapped.
-    let rows = teacher_forced(&d, &mut session, &ids, &top5_ids, 64, 200);
-
-    // llama.cpp agrees with this reference on 93.9% of positions overall, 99.0%
-    // where the margin exceeds 0.2 and 100% past 0.3.
-    let (agree, total) = agreement(&rows, &top1, &margins, 0.5);
-    assert_eq!(
-        agree, total,
-        "top-1 must agree wherever the reference margin exceeds 0.5"
-    );
-    let (agree, total) = agreement(&rows, &top1, &margins, 0.2);
-    assert!(
-        agree * 100 >= total * 98,
-        "top-1 agreement {agree}/{total} where margin > 0.2"
-    );
-    let (agree, total) = agreement(&rows, &top1, &margins, f32::NEG_INFINITY);
-    assert!(
-        agree * 100 >= total * 92,
-        "top-1 agreement {agree}/{total} overall"
-    );
-
-    // Top-5 logits within 1.5: llama.cpp's own largest difference on these entries
-    // is 1.32.
-    let mut worst = 0.0f32;
-    for (row, expected) in rows.iter().zip(&top5_logits) {
-        for (a, b) in row.at_reference_top5.iter().zip(expected) {
-            worst = worst.max((a - b).abs());
-        }
-    }
-    assert!(worst <= 1.5, "largest top-5 logit difference {worst}");
-
-    // Sampled rows: mean absolute difference within 1.2, about twice llama.cpp's
-    // worst row (0.57 at the last position, where both sit farthest from exact:
-    // attend measured 0.08, 0.22, 0.15 and 0.91 at the four rows); the log-sum-exp
-    // within 1.0 (llama.cpp: 0.85 at the last row).
-    for row in tf["rows"].as_array().unwrap() {
-        let position = row["position"].as_u64().unwrap() as usize;
-        let samples = floats(&row["sample_logits"]);
-        let ours = &rows[position];
-        let mean_abs: f32 = ours
-            .samples
-            .iter()
-            .zip(&samples)
-            .map(|(a, b)| (a - b).abs())
-            .sum::<f32>()
-            / samples.len() as f32;
-        assert!(
-            mean_abs <= 1.2,
-            "position {position}: mean |difference| {mean_abs}"
-        );
-        let lse = row["logsumexp"].as_f64().unwrap();
-        assert!(
-            (ours.logsumexp - lse).abs() <= 1.0,
-            "position {position}: logsumexp {} vs {lse}",
-            ours.logsumexp
-        );
-    }
+    // The 701-token text is longer than the 512-token window, and chunks of 200
+    // make later chunks attend through wrapped rolling caches. llama.cpp agrees
+    // with this reference on 93.9% of top-1 overall and 99.0% where the margin
+    // exceeds 0.2 (attend measured 95.0% and 100%); its largest top-5 difference
+    // is 1.32, its worst sampled row 0.57 and its worst log-sum-exp 0.85, all at
+    // the last position, where attend measured a sampled mean of 0.91.
+    let limits = TeacherForcedLimits {
+        chunk: 200,
+        agree_past_0_2_pct: 98,
+        agree_overall_pct: 92,
+        top5: 1.5,
+        sampled_mean: 1.2,
+        logsumexp: 1.0,
+    };
+    check_teacher_forced(&decoder(), "gemma3_numpy.json", &limits);
 }
 
 #[test]

@@ -30,83 +30,20 @@ fn config_from_metadata() {
 
 #[test]
 fn teacher_forced_matches_exact_reference() {
-    let reference = fixture("smollm2_numpy.json");
-    let tf = &reference["teacher_forced"];
-    let ids = ids(&tf["ids"]);
-    let top1 = model_support::ids(&tf["top1"]);
-    let top5_ids: Vec<Vec<u32>> = tf["top5_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(model_support::ids)
-        .collect();
-    let top5_logits: Vec<Vec<f32>> = tf["top5_logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(floats)
-        .collect();
-    let margins = margins(&top5_logits);
-
-    let d = decoder();
-    let mut session = d.new_session(ids.len(), KvDtype::F32).unwrap();
-    // Chunks of 100 exercise prefill over a non-empty cache.
-    let rows = teacher_forced(&d, &mut session, &ids, &top5_ids, 16, 100);
-
-    // Top-1: exact where the reference is decisive; near-ties may flip because
-    // activations are quantized to 8 bits (llama.cpp agrees with this reference on
-    // 96.5% overall, 99.6% where the margin exceeds 0.2, 100% past 0.3).
-    let (agree, total) = agreement(&rows, &top1, &margins, 0.5);
-    assert_eq!(
-        agree, total,
-        "top-1 must agree wherever the reference margin exceeds 0.5"
-    );
-    let (agree, total) = agreement(&rows, &top1, &margins, 0.2);
-    assert!(
-        agree * 100 >= total * 99,
-        "top-1 agreement {agree}/{total} where margin > 0.2"
-    );
-    let (agree, total) = agreement(&rows, &top1, &margins, f32::NEG_INFINITY);
-    assert!(
-        agree * 100 >= total * 95,
-        "top-1 agreement {agree}/{total} overall"
-    );
-
-    // Top-5 logits within 1.0: llama.cpp's own distance from this reference is at
-    // most 0.58 on these entries; 8-bit activations add errors of that order.
-    let mut worst = 0.0f32;
-    for (row, expected) in rows.iter().zip(&top5_logits) {
-        for (a, b) in row.at_reference_top5.iter().zip(expected) {
-            worst = worst.max((a - b).abs());
-        }
-    }
-    assert!(worst <= 1.0, "largest top-5 logit difference {worst}");
-
-    // Whole-vocabulary checks at the fixture's sampled rows: the log-sum-exp within
-    // 1.0, and the mean absolute difference of the sampled logits within 0.5, which
-    // is 1.6 times llama.cpp's own worst row against this reference (0.31).
-    for row in tf["rows"].as_array().unwrap() {
-        let position = row["position"].as_u64().unwrap() as usize;
-        let ours = &rows[position];
-        let lse = row["logsumexp"].as_f64().unwrap();
-        assert!(
-            (ours.logsumexp - lse).abs() <= 1.0,
-            "position {position}: logsumexp {} vs {lse}",
-            ours.logsumexp
-        );
-        let samples = floats(&row["sample_logits"]);
-        let mean_abs: f32 = ours
-            .samples
-            .iter()
-            .zip(&samples)
-            .map(|(a, b)| (a - b).abs())
-            .sum::<f32>()
-            / samples.len() as f32;
-        assert!(
-            mean_abs <= 0.5,
-            "position {position}: mean |difference| {mean_abs}"
-        );
-    }
+    // 8-bit activations put attend about as far from exact arithmetic as llama.cpp,
+    // which agrees with this reference on 96.5% of top-1 overall and 99.6% where the
+    // margin exceeds 0.2 (attend measured 95.1% and 100%). Its largest top-5
+    // difference is 0.58 and its worst sampled row has a mean difference of 0.31;
+    // the limits leave room for rounding flips on top of that.
+    let limits = TeacherForcedLimits {
+        chunk: 100,
+        agree_past_0_2_pct: 99,
+        agree_overall_pct: 95,
+        top5: 1.0,
+        sampled_mean: 0.5,
+        logsumexp: 1.0,
+    };
+    check_teacher_forced(&decoder(), "smollm2_numpy.json", &limits);
 }
 
 #[test]

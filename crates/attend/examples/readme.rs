@@ -8,7 +8,10 @@ fn main() -> Result<(), AttendError> {
     let v = vec![0.3f32; kv_len * n_kv_heads * head_dim];
     let mut out = vec![0.0f32; q.len()];
     // Causal, aligned bottom-right: query i sits at position i + kv_len - q_len.
-    let params = AttentionParams { causal: true, ..Default::default() };
+    let params = AttentionParams {
+        causal: true,
+        ..Default::default()
+    };
     attention(
         Bshd::contiguous(&q, 1, q_len, n_heads, head_dim)?,
         Bshd::contiguous(&k, 1, kv_len, n_kv_heads, head_dim)?,

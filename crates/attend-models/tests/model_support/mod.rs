@@ -195,3 +195,99 @@ pub fn assert_greedy_prefix(
         "{name}: greedy ids differ within the first {compared} steps (before any near-tie)"
     );
 }
+
+/// Tolerances of [`check_teacher_forced`], each with its reason at the call site.
+pub struct TeacherForcedLimits {
+    /// Tokens per forward call; later chunks attend over a non-empty cache.
+    pub chunk: usize,
+    /// Least percentage of top-1 agreement where the reference margin exceeds 0.2.
+    pub agree_past_0_2_pct: usize,
+    /// Least percentage of top-1 agreement over all positions.
+    pub agree_overall_pct: usize,
+    /// Largest difference at the reference's top-5 ids.
+    pub top5: f32,
+    /// Largest mean absolute difference over a sampled row.
+    pub sampled_mean: f32,
+    /// Largest log-sum-exp difference of a sampled row.
+    pub logsumexp: f64,
+}
+
+/// Runs the fixture's text teacher-forced and compares every position with the
+/// reference: top-1 agreement (always where the reference margin exceeds 0.5),
+/// the top-5 logits, and the log-sum-exp and sampled logits of whole rows.
+pub fn check_teacher_forced(decoder: &Decoder, fixture_name: &str, limits: &TeacherForcedLimits) {
+    let reference = fixture(fixture_name);
+    let tf = &reference["teacher_forced"];
+    let ids = ids(&tf["ids"]);
+    let top1 = self::ids(&tf["top1"]);
+    let top5_ids: Vec<Vec<u32>> = tf["top5_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(self::ids)
+        .collect();
+    let top5_logits: Vec<Vec<f32>> = tf["top5_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(floats)
+        .collect();
+    let margins = margins(&top5_logits);
+    let sampled_rows = tf["rows"].as_array().unwrap();
+    let stride = sampled_rows[0]["sample_stride"].as_u64().unwrap() as usize;
+
+    let mut session = decoder
+        .new_session(ids.len(), attend::kv::KvDtype::F32)
+        .unwrap();
+    let rows = teacher_forced(decoder, &mut session, &ids, &top5_ids, stride, limits.chunk);
+
+    let (agree, total) = agreement(&rows, &top1, &margins, 0.5);
+    assert_eq!(
+        agree, total,
+        "top-1 must agree wherever the reference margin exceeds 0.5"
+    );
+    let (agree, total) = agreement(&rows, &top1, &margins, 0.2);
+    assert!(
+        agree * 100 >= total * limits.agree_past_0_2_pct,
+        "top-1 agreement {agree}/{total} where margin > 0.2"
+    );
+    let (agree, total) = agreement(&rows, &top1, &margins, f32::NEG_INFINITY);
+    assert!(
+        agree * 100 >= total * limits.agree_overall_pct,
+        "top-1 agreement {agree}/{total} overall"
+    );
+
+    let mut worst = 0.0f32;
+    for (row, expected) in rows.iter().zip(&top5_logits) {
+        for (a, b) in row.at_reference_top5.iter().zip(expected) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    assert!(
+        worst <= limits.top5,
+        "largest top-5 logit difference {worst}"
+    );
+
+    for row in sampled_rows {
+        let position = row["position"].as_u64().unwrap() as usize;
+        let ours = &rows[position];
+        let lse = row["logsumexp"].as_f64().unwrap();
+        assert!(
+            (ours.logsumexp - lse).abs() <= limits.logsumexp,
+            "position {position}: logsumexp {} vs {lse}",
+            ours.logsumexp
+        );
+        let samples = floats(&row["sample_logits"]);
+        let mean_abs: f32 = ours
+            .samples
+            .iter()
+            .zip(&samples)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / samples.len() as f32;
+        assert!(
+            mean_abs <= limits.sampled_mean,
+            "position {position}: mean |difference| {mean_abs}"
+        );
+    }
+}
