@@ -10,6 +10,7 @@ mod bench_attention;
 mod bench_decode;
 mod bench_generate;
 mod bench_matmul;
+mod chat;
 mod common;
 mod embed;
 mod generate;
@@ -37,7 +38,7 @@ enum Command {
     /// Generate text from a prompt with a GGUF model (default: SmolLM2).
     Generate(generate::GenerateArgs),
     /// Chat interactively, keeping the KV cache between turns.
-    Chat(generate::ChatArgs),
+    Chat(chat::ChatArgs),
     /// Print the token ids of a text.
     Tokenize(tokenize::TokenizeArgs),
     /// Measure perplexity over a text file as llama.cpp's perplexity tool does.
@@ -83,7 +84,7 @@ fn main() -> ExitCode {
     };
     let result: Result<(), String> = match &cli.command {
         Command::Generate(args) => generate::run_generate(args),
-        Command::Chat(args) => generate::run_chat(args),
+        Command::Chat(args) => chat::run_chat(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Embed(args) => embed::run_embed(args),
