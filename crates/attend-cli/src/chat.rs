@@ -22,7 +22,7 @@ pub struct ChatArgs {
     pub system: Option<String>,
 }
 
-/// A conversation and what the session's KV cache holds of it.
+/// A conversation and the part of it that the session's KV cache contains.
 ///
 /// Invariants: `cached` is exactly the session's content, and when `fed_text`
 /// is `Some`, its tokens are `cached` followed by `pending`.
@@ -31,9 +31,9 @@ struct Conversation {
     messages: Vec<ChatMessage>,
     /// Leading messages that are never dropped to make room (the system message).
     pinned: usize,
-    /// The rendered conversation so far followed by the last reply as generated;
-    /// `None` when the cache may not match the rendered text (after a stop
-    /// string, whose tokens are in the cache but not in the reply).
+    /// The rendered conversation so far followed by the last reply as generated.
+    /// `None` when the cache may not match the rendered text, as after a stop
+    /// string, whose tokens are in the cache but not in the reply.
     fed_text: Option<String>,
     /// The last sampled token, which ended the previous turn without being fed.
     pending: Option<u32>,
@@ -59,8 +59,8 @@ impl Conversation {
         })
     }
 
-    /// Returns the tokens to feed after what the cache holds so that it holds
-    /// the whole conversation with the generation prompt. The cheapest way that
+    /// Returns the tokens to feed after the cache's content so that the cache
+    /// contains the whole conversation with the generation prompt. The cheapest way that
     /// applies wins: the text added since the last turn (as llama.cpp's chat
     /// does, so a reply is never re-tokenized), else the full prompt when the
     /// cache is a token prefix of it, else the full prompt after a reset.
@@ -103,8 +103,8 @@ impl Conversation {
         Ok(tokens.len())
     }
 
-    /// Drops the oldest exchange after the pinned messages and forgets the
-    /// cache; false when only the newest user message is left.
+    /// Drops the oldest exchange after the pinned messages. Returns false when
+    /// only the newest user message is left.
     fn drop_oldest_exchange(&mut self) -> bool {
         let droppable = self.messages.len() - self.pinned;
         if droppable <= 1 {
@@ -149,8 +149,8 @@ impl Conversation {
     }
 }
 
-/// Runs `attend chat`: reads one user message per line from stdin and answers,
-/// keeping the KV cache between turns. A message that does not fit even after
+/// Runs `attend chat`: reads one user message per line from stdin and generates
+/// a reply to each, keeping the KV cache between turns. A message that does not fit even after
 /// dropping the older turns is reported and skipped; the exit status is then
 /// a failure once input ends.
 pub fn run_chat(args: &ChatArgs) -> Result<(), String> {
@@ -197,11 +197,11 @@ pub fn run_chat(args: &ChatArgs) -> Result<(), String> {
 /// The outcome of one user message.
 enum Turn {
     Answered,
-    /// The message alone does not fit in the context; the text says so.
+    /// The message alone does not fit in the context; the text is the error.
     TooLong(String),
 }
 
-/// Answers the newest user message, dropping the oldest exchanges when the
+/// Generates the reply to the newest user message, dropping the oldest exchanges when the
 /// conversation outgrows the context. A message that does not fit even alone
 /// leaves the earlier turns in place.
 fn chat_turn(
@@ -308,9 +308,9 @@ mod tests {
             .unwrap();
         let fresh_logits = engine.prefill(&mut fresh, &all).unwrap();
         // Splitting the same tokens into other forward calls can flip the 8-bit
-        // rounding of an activation, which moves logits by a few tenths (the
-        // bounds of attend-models' prefill-then-decode test); a cache that is
-        // off by one token moves them by whole units.
+        // rounding of an activation, which moves logits by a few tenths. The
+        // bounds are those of attend-models' prefill-then-decode test, and a
+        // cache that is off by one token exceeds the maximum.
         let diffs: Vec<f32> = logits
             .iter()
             .zip(&fresh_logits)

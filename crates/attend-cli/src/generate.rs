@@ -35,7 +35,7 @@ pub struct ModelArgs {
 /// Sampling options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SamplingArgs {
-    /// Most tokens to generate.
+    /// Maximum number of tokens to generate.
     #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 picks the most likely token.
@@ -211,8 +211,8 @@ pub(crate) fn check_fits(prompt: &[u32], session: &Session) -> Result<(), String
     Ok(())
 }
 
-/// Prints the speeds and cache size of one generation to stderr, and says when
-/// the context ran out before the token budget.
+/// Prints the speeds and cache size of one generation to stderr, and a note
+/// when the context ran out before the token budget.
 pub(crate) fn print_stats(output: &GenerateOutput, session: &Session, stop_reason: &str) {
     eprintln!(
         "prefill: {} tokens, {:.1} tokens/s | decode: {} tokens, {:.1} tokens/s | KV cache: {} ({} bytes)",

@@ -41,6 +41,7 @@ pub fn run(args: &PerplexityArgs) -> Result<(), String> {
             args.ctx
         ));
     }
+
     init_threads(args.threads)?;
     let text = std::fs::read_to_string(&args.file).map_err(|e| {
         format!(
@@ -48,6 +49,7 @@ pub fn run(args: &PerplexityArgs) -> Result<(), String> {
             args.file.display()
         )
     })?;
+
     let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
     let engine = load_engine(&path, args.quiet)?;
     let tokens = engine.encode(&text).map_err(|e| e.to_string())?;
@@ -60,6 +62,7 @@ pub fn run(args: &PerplexityArgs) -> Result<(), String> {
             2 * args.ctx
         ));
     }
+
     let bar = if args.quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
@@ -75,6 +78,7 @@ pub fn run(args: &PerplexityArgs) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
+
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let json = serde_json::json!({

@@ -1,7 +1,8 @@
 //! `attend generate`, `chat`, `tokenize`, `perplexity` and `kv-plan` as a user
-//! runs them against the real GGUF models: greedy output equal to llama.cpp's,
-//! the JSON fields, the KV cache size against `kv-plan`, tokenizer ids against
-//! the fixtures, and one-line errors with a non-zero exit for bad input. The
+//! runs them against the real GGUF models. The tests check greedy output
+//! against llama.cpp's, the JSON fields, the KV cache size against `kv-plan`
+//! and tokenizer ids against the fixtures, and expect one-line errors with a
+//! non-zero exit for bad input. The
 //! models live in `$ATTEND_MODELS` (default `~/.cache/attend/models`);
 //! `scripts/fetch-models.sh` fetches them.
 
@@ -31,7 +32,7 @@ fn models_dir() -> PathBuf {
         })
 }
 
-/// The path of a model file, failing with the fetch command when it is missing.
+/// Returns the path of a model file, failing with the fetch command when it is missing.
 fn model(file: &str) -> String {
     let path = models_dir().join(file);
     assert!(
@@ -143,8 +144,8 @@ fn llamacpp_greedy(name: &str) -> Value {
 
 #[test]
 fn greedy_generate_matches_llamacpp() {
-    // llama.cpp's first token here wins by only 0.03 logits over ':', so the
-    // match holds for the default f16 cache; with an f32 cache attend picks ':'.
+    // llama.cpp's first token here wins by only 0.03 logits over ':'. attend
+    // matches it with the default f16 cache but picks ':' with an f32 cache.
     let case = llamacpp_greedy("colors");
     let json = greedy_colors(SMOLLM2, &[]);
     assert_eq!(ids(&json["prompt_tokens"]), ids(&case["prompt_ids"]));
@@ -381,14 +382,16 @@ fn perplexity_json_fields() {
         "--json",
     ]);
     let ppl = json["ppl"].as_f64().unwrap();
-    assert!(ppl > 1.0 && ppl < 1000.0, "ppl {ppl}");
+    assert!(ppl > 1.0, "ppl {ppl}");
+    assert!(ppl < 1000.0, "ppl {ppl}");
     assert!(json["ppl_stderr"].as_f64().unwrap() > 0.0);
     let chunks = json["chunks"].as_u64().unwrap();
     assert!(chunks >= 2, "chunks {chunks}");
     assert_eq!(json["scored_tokens"].as_u64().unwrap(), chunks * 31);
 }
 
-/// The prompt token counts of each chat turn, read from the stats lines.
+/// Runs a chat on `input` and returns the prompt token count of each turn,
+/// read from the stats lines.
 fn chat_prefills(model_file: &str, input: &str) -> Vec<usize> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_attend"))
         .args([
