@@ -54,7 +54,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// Random seed; the same seed and options give the same text.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Stop when the text contains this string (repeatable).
     #[arg(long = "stop")]
