@@ -1,6 +1,7 @@
 //! `attend bench generate`: prefill and decode speed of a GGUF model, measured
 //! the way llama-bench's `pp512` and `tg128` at depth are.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -8,7 +9,7 @@ use attend::kv::KvDtype;
 use attend_models::sampling::argmax;
 use attend_models::Logits;
 
-use crate::common::{init_threads, load_engine, resolve_model, SMOLLM2_FILE};
+use crate::common::{init_threads, load_engine, resolve_model, write_error, SMOLLM2_FILE};
 
 /// Options of `attend bench generate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,10 +51,13 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
     let engine = load_engine(&path, args.quiet)?;
     let decoder = engine.decoder();
     let vocab = decoder.config().vocab as u64;
-    let ctx = args.depth + args.prompt_tokens + args.gen_tokens;
-    let mut session = decoder
-        .new_session(ctx, args.kv_dtype)
-        .map_err(|e| e.to_string())?;
+    let ctx = args
+        .depth
+        .saturating_add(args.prompt_tokens)
+        .saturating_add(args.gen_tokens);
+    let mut session = decoder.new_session(ctx, args.kv_dtype).map_err(|e| {
+        format!("failed to create a KV cache of {ctx} tokens (--depth + --prompt-tokens + --gen-tokens): {e}")
+    })?;
 
     // A fixed linear congruential sequence of ids away from the special tokens.
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -92,8 +96,10 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
     } else {
         0.0
     };
+    let mut stdout = std::io::stdout().lock();
     if args.json {
-        println!(
+        writeln!(
+            stdout,
             "{}",
             serde_json::json!({
                 "model": path.display().to_string(),
@@ -105,9 +111,10 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
                 "decode_tokens_per_s": decode_tps,
                 "kv_cache_bytes": session.kv_bytes(),
             })
-        );
+        )
     } else {
-        println!(
+        writeln!(
+            stdout,
             "{}: pp{} @ depth {}: {:.1} tokens/s | tg{}: {:.1} tokens/s | {} threads",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -118,7 +125,7 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
             args.gen_tokens,
             decode_tps,
             rayon::current_num_threads()
-        );
+        )
     }
-    Ok(())
+    .map_err(write_error)
 }

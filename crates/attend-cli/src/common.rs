@@ -4,7 +4,8 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use attend_models::Engine;
+use attend_models::gguf::GgufError;
+use attend_models::{Engine, ModelError};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The file name of the default generation model in the model folder.
@@ -23,28 +24,71 @@ pub fn models_dir() -> PathBuf {
 
 /// Returns `model`, or the default file `default_name` in the model folder; a
 /// missing default names the command that fetches it.
+///
+/// # Errors
+/// The errors of [`check_model_file`], and a one-line message naming
+/// `scripts/fetch-models.sh` when the default file is missing.
 pub fn resolve_model(
     model: Option<&Path>,
     default_name: &str,
     fetch_arg: &str,
 ) -> Result<PathBuf, String> {
     if let Some(path) = model {
-        if !path.exists() {
-            return Err(format!(
-                "model file {} not found; check the path given to --model",
-                path.display()
-            ));
-        }
+        check_model_file(path)?;
         return Ok(path.to_path_buf());
     }
     let path = models_dir().join(default_name);
-    if !path.exists() {
+    if !path.is_file() {
         return Err(format!(
             "default model {} not found; fetch it with `scripts/fetch-models.sh {fetch_arg}` or pass --model FILE",
             path.display()
         ));
     }
     Ok(path)
+}
+
+/// Checks that `--model PATH` names an existing file.
+///
+/// # Errors
+/// A one-line message when the path does not exist or is a folder (the
+/// MiniLM embedding model is a folder, and only `attend embed` reads it).
+pub fn check_model_file(path: &Path) -> Result<(), String> {
+    if !path.exists() {
+        return Err(format!(
+            "model file {} not found; check the path given to --model",
+            path.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!(
+            "--model {} is a folder, but this command reads a GGUF file; pass a .gguf file (model folders such as all-MiniLM-L6-v2 are for `attend embed`)",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Formats a failure to open the model at `path` as one line that ends with
+/// the fix: a file whose structure is broken (truncated, not GGUF) is fetched
+/// again, anything else is reported as the library words it.
+pub fn model_error(path: &Path, err: &ModelError) -> String {
+    let hint = match err {
+        ModelError::Gguf(
+            GgufError::Io { .. } | GgufError::UnsupportedVersion { .. } | GgufError::BigEndian { .. },
+        ) => "",
+        ModelError::Gguf(GgufError::BadMagic { .. }) => "; pass a .gguf model file to --model",
+        ModelError::Gguf(
+            GgufError::MissingKey { .. }
+            | GgufError::WrongType { .. }
+            | GgufError::OutOfRange { .. }
+            | GgufError::TensorNotFound { .. },
+        ) => "; the file is not a model attend can run, so pass another GGUF file to --model",
+        ModelError::Gguf(_) => {
+            "; the file is truncated or is not a GGUF model, so download it again (scripts/fetch-models.sh fetches the default models) or pass another file to --model"
+        }
+        _ => "",
+    };
+    format!("{}: {err}{hint}", path.display())
 }
 
 /// Sizes rayon's global pool; `None` keeps one thread per available core.
@@ -64,7 +108,7 @@ pub fn init_threads(threads: Option<usize>) -> Result<(), String> {
 /// Opens a GGUF model and reads its weights into the page cache, showing a
 /// progress bar on a terminal unless `quiet`.
 pub fn load_engine(path: &Path, quiet: bool) -> Result<Engine, String> {
-    let engine = Engine::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let engine = Engine::open(path).map_err(|e| model_error(path, &e))?;
     let total = engine.decoder().file().bytes().len() as u64;
     let bar = if quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
@@ -96,4 +140,9 @@ pub fn load_engine(path: &Path, quiet: bool) -> Result<Engine, String> {
 /// Formats a byte count in MiB with two decimals.
 pub fn mib(bytes: usize) -> String {
     format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Formats a failed write to stdout, such as a full disk behind `> FILE`.
+pub fn write_error(err: std::io::Error) -> String {
+    format!("failed to write to stdout: {err}")
 }

@@ -1,14 +1,15 @@
-//! `attend generate` and `attend chat`: text generation from a GGUF model.
+//! `attend generate`: text generation from a GGUF model, and the options and
+//! checks it shares with `attend chat`.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use attend::kv::KvDtype;
 use attend_models::chat::ChatMessage;
-use attend_models::sampling::SamplingParams;
+use attend_models::sampling::{SamplingParams, StopReason};
 use attend_models::{Engine, GenerateOutput, GenerateParams, Session};
 
-use crate::common::{init_threads, load_engine, mib, resolve_model, SMOLLM2_FILE};
+use crate::common::{init_threads, load_engine, mib, resolve_model, write_error, SMOLLM2_FILE};
 
 /// Options shared by `generate` and `chat`.
 #[derive(Debug, Clone, clap::Args)]
@@ -18,7 +19,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Context length in tokens: prompt plus generated text.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
     pub ctx: usize,
     /// Storage type of the KV cache: f32, f16, bf16 or int8.
     #[arg(long, default_value = "f16")]
@@ -34,26 +35,26 @@ pub struct ModelArgs {
 /// Sampling options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SamplingArgs {
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 256)]
+    /// Maximum number of tokens to generate.
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 picks the most likely token.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep only the K most likely tokens (0: all).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
     pub top_k: usize,
     /// Keep the most likely tokens up to this total probability (1: all).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens less likely than this fraction of the most likely one (0: none).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Penalty for tokens among the last 64 (1: none).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
-    /// Random seed.
-    #[arg(long, default_value_t = 0)]
+    /// Random seed; the same seed and options give the same text.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Stop when the text contains this string (repeatable).
     #[arg(long = "stop")]
@@ -61,7 +62,7 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    fn params(&self) -> GenerateParams {
+    pub(crate) fn params(&self) -> GenerateParams {
         GenerateParams {
             sampling: SamplingParams {
                 temperature: self.temperature,
@@ -98,27 +99,31 @@ pub struct GenerateArgs {
     pub prompt: String,
 }
 
-/// Options of `attend chat`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ChatArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-    /// System message at the start of the conversation.
-    #[arg(long)]
-    pub system: Option<String>,
-}
+/// The smallest `--ctx`: one prompt token and one generated token.
+const MIN_CONTEXT: usize = 2;
 
 /// Loads the model and an empty session, checking the options first.
-fn open(args: &ModelArgs) -> Result<(Engine, Session), String> {
+pub(crate) fn open(args: &ModelArgs) -> Result<(Engine, Session), String> {
+    if args.ctx < MIN_CONTEXT {
+        return Err(format!(
+            "--ctx {} is too small; pass at least {MIN_CONTEXT} (the prompt plus one generated token)",
+            args.ctx
+        ));
+    }
     init_threads(args.threads)?;
     let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
     let engine = load_engine(&path, args.quiet)?;
+    let trained = engine.decoder().config().context_trained;
+    if args.ctx > trained {
+        eprintln!(
+            "warning: --ctx {} is longer than the {trained} tokens the model was trained with; text past that position may degrade",
+            args.ctx
+        );
+    }
     let session = engine
         .decoder()
         .new_session(args.ctx, args.kv_dtype)
-        .map_err(|e| format!("cannot create a session of --ctx {}: {e}", args.ctx))?;
+        .map_err(|e| format!("failed to create a KV cache for --ctx {}: {e}", args.ctx))?;
     Ok((engine, session))
 }
 
@@ -138,40 +143,66 @@ pub fn run_generate(args: &GenerateArgs) -> Result<(), String> {
         engine.encode(&args.prompt)
     }
     .map_err(|e| e.to_string())?;
+    if prompt.is_empty() {
+        return Err(format!(
+            "the prompt {:?} encodes to no tokens; pass some text, or --chat to wrap it in the chat template",
+            args.prompt
+        ));
+    }
     check_fits(&prompt, &session)?;
 
     let mut stdout = std::io::stdout().lock();
+    let mut written = Ok(());
     let output = engine
         .generate(&mut session, &prompt, &params, |piece| {
-            if !args.json {
-                // A closed stdout (e.g. `| head`) should not abort generation with a panic.
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
+            if !args.json && written.is_ok() {
+                written = stdout
+                    .write_all(piece.as_bytes())
+                    .and_then(|()| stdout.flush());
             }
         })
         .map_err(|e| e.to_string())?;
+    written.map_err(write_error)?;
+    let stop_reason = stop_reason_name(&output, &params);
     if args.json {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "prompt_tokens": output.prompt_tokens,
             "tokens": output.tokens,
             "text": output.text,
             "prefill_tokens_per_s": output.prefill_tokens_per_s,
             "decode_tokens_per_s": output.decode_tokens_per_s,
             "kv_cache_bytes": session.kv_bytes(),
-            "stop_reason": format!("{:?}", output.stop_reason),
+            "stop_reason": stop_reason,
         });
-        let _ = writeln!(stdout, "{json}");
+        if let StopReason::StopString(stop) = &output.stop_reason {
+            json["stop_string"] = serde_json::json!(stop);
+        }
+        writeln!(stdout, "{json}").map_err(write_error)?;
     } else {
-        let _ = writeln!(stdout);
-        print_stats(&output, &session);
+        writeln!(stdout).map_err(write_error)?;
+        print_stats(&output, &session, stop_reason);
     }
     Ok(())
 }
 
-fn check_fits(prompt: &[u32], session: &Session) -> Result<(), String> {
+/// Names why generation stopped, as the JSON output spells it. The engine
+/// reports a full context as `MaxTokens`; fewer tokens than `--max-tokens`
+/// tell the two apart.
+pub(crate) fn stop_reason_name(output: &GenerateOutput, params: &GenerateParams) -> &'static str {
+    match output.stop_reason {
+        StopReason::EndOfGeneration(_) => "end_of_generation",
+        StopReason::StopString(_) => "stop_string",
+        StopReason::MaxTokens if output.tokens.len() < params.max_tokens => "context_full",
+        StopReason::MaxTokens => "max_tokens",
+    }
+}
+
+/// Checks that `prompt` leaves room for at least one generated token after
+/// what `session` already holds.
+pub(crate) fn check_fits(prompt: &[u32], session: &Session) -> Result<(), String> {
     if session.position() + prompt.len() >= session.context() {
         return Err(format!(
-            "the prompt has {} tokens, which leaves no room in the context of {} tokens ({} already used); pass a larger --ctx or a shorter prompt",
+            "the prompt has {} token(s), which leaves no room in the context of {} tokens ({} already used); pass a larger --ctx or a shorter prompt",
             prompt.len(),
             session.context(),
             session.position()
@@ -180,7 +211,9 @@ fn check_fits(prompt: &[u32], session: &Session) -> Result<(), String> {
     Ok(())
 }
 
-fn print_stats(output: &GenerateOutput, session: &Session) {
+/// Prints the speeds and cache size of one generation to stderr, and a note
+/// when the context ran out before the token budget.
+pub(crate) fn print_stats(output: &GenerateOutput, session: &Session, stop_reason: &str) {
     eprintln!(
         "prefill: {} tokens, {:.1} tokens/s | decode: {} tokens, {:.1} tokens/s | KV cache: {} ({} bytes)",
         output.prompt_tokens.len(),
@@ -190,71 +223,10 @@ fn print_stats(output: &GenerateOutput, session: &Session) {
         mib(session.kv_bytes()),
         session.kv_bytes()
     );
-}
-
-/// Runs `attend chat`: reads one user message per line from stdin and answers,
-/// keeping the KV cache between turns.
-pub fn run_chat(args: &ChatArgs) -> Result<(), String> {
-    let params = args.sampling.params();
-    params.sampling.validate().map_err(|e| e.to_string())?;
-    let (engine, mut session) = open(&args.model)?;
-    let mut messages = Vec::new();
-    if let Some(system) = &args.system {
-        messages.push(ChatMessage::new("system", system));
+    if stop_reason == "context_full" {
+        eprintln!(
+            "note: generation stopped because the context of {} tokens is full; pass a larger --ctx for longer output",
+            session.context()
+        );
     }
-    // The tokens now in the cache, in order.
-    let mut cached: Vec<u32> = Vec::new();
-    let stdin = std::io::stdin();
-    let mut stdout = std::io::stdout();
-    eprintln!(
-        "chat with {}; an empty line or end of input quits",
-        engine.decoder().config().architecture
-    );
-    loop {
-        eprint!("> ");
-        let mut line = String::new();
-        if stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?
-            == 0
-        {
-            break;
-        }
-        let line = line.trim_end_matches(['\n', '\r']);
-        if line.is_empty() {
-            break;
-        }
-        messages.push(ChatMessage::new("user", line));
-        let full = engine
-            .encode_chat(&messages, true)
-            .map_err(|e| e.to_string())?;
-
-        // Feed only what the cache lacks when the conversation so far is a prefix
-        // of the new prompt; otherwise (a reply that re-tokenizes differently)
-        // start the cache over.
-        let new_tokens = if full.starts_with(&cached) {
-            full[cached.len()..].to_vec()
-        } else {
-            session.reset().map_err(|e| e.to_string())?;
-            cached.clear();
-            full.clone()
-        };
-        check_fits(&new_tokens, &session)?;
-        let output = engine
-            .generate(&mut session, &new_tokens, &params, |piece| {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-            })
-            .map_err(|e| e.to_string())?;
-        let _ = writeln!(stdout);
-        print_stats(&output, &session);
-
-        // The cache holds the prompt and every generated token but the last,
-        // which was sampled and never fed back.
-        cached = full;
-        cached.extend_from_slice(&output.tokens[..output.tokens.len().saturating_sub(1)]);
-        messages.push(ChatMessage::new("assistant", output.text.trim()));
-    }
-    Ok(())
 }

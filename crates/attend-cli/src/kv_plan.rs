@@ -1,10 +1,13 @@
 //! `attend kv-plan`: the KV cache memory a model shape needs at a given context.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use attend::kv::{plan_kv_memory, KvDtype, KvPlan, KvPlanRequest};
 use attend_models::gguf::Gguf;
 use attend_models::DecoderConfig;
+
+use crate::common::{check_model_file, model_error, write_error};
 
 /// Options of `attend kv-plan`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,6 +51,9 @@ impl KvPlanArgs {
     /// Builds the planner's request from the options, reading the shape from
     /// `--model` when it is given.
     fn request(&self) -> Result<KvPlanRequest, String> {
+        if self.context == 0 {
+            return Err("--context 0 is invalid; pass the tokens per sequence, at least 1".into());
+        }
         let mut request = KvPlanRequest {
             layers: self.layers.unwrap_or(0),
             n_kv_heads: self.kv_heads.unwrap_or(0),
@@ -79,9 +85,13 @@ impl KvPlanArgs {
 }
 
 /// Reads the architecture config of a GGUF model.
-fn model_config(path: &std::path::Path) -> Result<DecoderConfig, String> {
-    let file = Gguf::open(path).map_err(|e| e.to_string())?;
-    let config = match file.architecture().map_err(|e| e.to_string())? {
+fn model_config(path: &Path) -> Result<DecoderConfig, String> {
+    check_model_file(path)?;
+    let file = Gguf::open(path).map_err(|e| model_error(path, &e.into()))?;
+    let architecture = file
+        .architecture()
+        .map_err(|e| model_error(path, &e.into()))?;
+    let config = match architecture {
         "llama" => attend_models::llama::config(&file),
         "gemma3" => attend_models::gemma3::config(&file),
         other => {
@@ -91,7 +101,7 @@ fn model_config(path: &std::path::Path) -> Result<DecoderConfig, String> {
             ))
         }
     };
-    config.map_err(|e| format!("{}: {e}", path.display()))
+    config.map_err(|e| model_error(path, &e))
 }
 
 /// Runs `attend kv-plan` and prints the plan to stdout.
@@ -101,12 +111,13 @@ fn model_config(path: &std::path::Path) -> Result<DecoderConfig, String> {
 pub fn run(args: &KvPlanArgs) -> Result<(), String> {
     let request = args.request()?;
     let plan = plan_kv_memory(&request).map_err(|e| format!("invalid kv-plan options: {e}"))?;
+    let mut stdout = std::io::stdout().lock();
     if args.json {
-        println!("{}", plan_json(&request, &plan));
+        writeln!(stdout, "{}", plan_json(&request, &plan))
     } else {
-        print!("{}", plan_text(&request, &plan));
+        write!(stdout, "{}", plan_text(&request, &plan))
     }
-    Ok(())
+    .map_err(write_error)
 }
 
 /// Builds the JSON object of a plan; `total_bytes` is the KV cache of all layers for the batch.

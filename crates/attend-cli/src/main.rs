@@ -1,13 +1,16 @@
 //! The `attend` command line.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 mod bench_attention;
 mod bench_decode;
 mod bench_generate;
 mod bench_matmul;
+mod chat;
 mod common;
 mod embed;
 mod generate;
@@ -35,7 +38,7 @@ enum Command {
     /// Generate text from a prompt with a GGUF model (default: SmolLM2).
     Generate(generate::GenerateArgs),
     /// Chat interactively, keeping the KV cache between turns.
-    Chat(generate::ChatArgs),
+    Chat(chat::ChatArgs),
     /// Print the token ids of a text.
     Tokenize(tokenize::TokenizeArgs),
     /// Measure perplexity over a text file as llama.cpp's perplexity tool does.
@@ -66,17 +69,22 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ATTEND_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
     let result: Result<(), String> = match &cli.command {
         Command::Generate(args) => generate::run_generate(args),
-        Command::Chat(args) => generate::run_chat(args),
+        Command::Chat(args) => chat::run_chat(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::Embed(args) => embed::run_embed(args),
@@ -98,5 +106,92 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints `--help` and `--version` as clap renders them, and any other parse
+/// error as one line on stderr, exiting with clap's status (2 for usage errors).
+fn usage_error(err: &clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+    }
+    eprintln!("{}", one_line(&err.render().to_string()));
+    ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2))
+}
+
+/// Joins clap's multi-line error text into one line: the message, its `tip:`
+/// lines and the help pointer, leaving out the usage block.
+fn one_line(rendered: &str) -> String {
+    let mut line = String::new();
+    for part in rendered.lines().map(str::trim) {
+        if part.is_empty() || part.starts_with("Usage:") {
+            continue;
+        }
+        if part.starts_with("For more information") {
+            line.push_str("; see --help");
+            break;
+        }
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    line
+}
+
+/// Lets a write to a closed pipe (`attend tokenize ... | head -c 10`) end the
+/// process quietly, as it does for C programs, instead of failing inside
+/// `println!` with a panic. Rust sets `SIGPIPE` to ignored before `main`.
+#[cfg(unix)]
+fn restore_default_sigpipe() {
+    // The C library's `signal`, which std already links on every Unix target.
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: `signal` is called once, before any other thread exists, with a
+    // valid signal number (13 is SIGPIPE on Linux and the BSDs, macOS included)
+    // and SIG_DFL, which installs no Rust handler that could run at a bad time.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn restore_default_sigpipe() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_error(args: &[&str]) -> String {
+        let err = match Cli::try_parse_from(std::iter::once("attend").chain(args.iter().copied())) {
+            Ok(_) => panic!("{args:?} parsed"),
+            Err(err) => err,
+        };
+        one_line(&err.render().to_string())
+    }
+
+    #[test]
+    fn unknown_flag_is_one_line() {
+        let line = parse_error(&["generate", "--bogus", "hi"]);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("'--bogus'"), "{line}");
+        assert!(line.ends_with("see --help"), "{line}");
+    }
+
+    #[test]
+    fn missing_argument_names_it() {
+        let line = parse_error(&["generate"]);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("<PROMPT>"), "{line}");
+        assert!(!line.contains("Usage"), "{line}");
     }
 }

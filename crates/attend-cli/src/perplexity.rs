@@ -1,11 +1,11 @@
 //! `attend perplexity`: llama.cpp's perplexity measure over a text file.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::common::{init_threads, load_engine, resolve_model, SMOLLM2_FILE};
+use crate::common::{init_threads, load_engine, resolve_model, write_error, SMOLLM2_FILE};
 
 /// Options of `attend perplexity`.
 #[derive(Debug, Clone, clap::Args)]
@@ -16,8 +16,8 @@ pub struct PerplexityArgs {
     /// UTF-8 text file to score.
     #[arg(long)]
     pub file: PathBuf,
-    /// Tokens per chunk; the second half of each chunk is scored.
-    #[arg(long, default_value_t = 512)]
+    /// Tokens per chunk, at least 4; the second half of each chunk is scored.
+    #[arg(long, default_value_t = 512, allow_negative_numbers = true)]
     pub ctx: usize,
     /// Worker threads (default: one per core).
     #[arg(long)]
@@ -30,14 +30,39 @@ pub struct PerplexityArgs {
     pub quiet: bool,
 }
 
+/// The shortest chunk the perplexity measure accepts.
+const MIN_CTX: usize = 4;
+
 /// Runs `attend perplexity`.
 pub fn run(args: &PerplexityArgs) -> Result<(), String> {
+    if args.ctx < MIN_CTX {
+        return Err(format!(
+            "--ctx {} is too small; pass at least {MIN_CTX} tokens per chunk",
+            args.ctx
+        ));
+    }
+
     init_threads(args.threads)?;
-    let text = std::fs::read_to_string(&args.file)
-        .map_err(|e| format!("cannot read --file {}: {e}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file).map_err(|e| {
+        format!(
+            "failed to read --file {}: {e}; pass a UTF-8 text file",
+            args.file.display()
+        )
+    })?;
+
     let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
     let engine = load_engine(&path, args.quiet)?;
     let tokens = engine.encode(&text).map_err(|e| e.to_string())?;
+    if tokens.len() < 2 * args.ctx {
+        return Err(format!(
+            "--file {} has {} tokens, but --ctx {} needs at least {}; pass a longer text or a smaller --ctx",
+            args.file.display(),
+            tokens.len(),
+            args.ctx,
+            2 * args.ctx
+        ));
+    }
+
     let bar = if args.quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
@@ -53,21 +78,22 @@ pub fn run(args: &PerplexityArgs) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
+
+    let mut stdout = std::io::stdout().lock();
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "ppl": result.ppl,
-                "ppl_stderr": result.ppl_stderr,
-                "chunks": result.chunks,
-                "scored_tokens": result.scored_tokens,
-            })
-        );
+        let json = serde_json::json!({
+            "ppl": result.ppl,
+            "ppl_stderr": result.ppl_stderr,
+            "chunks": result.chunks,
+            "scored_tokens": result.scored_tokens,
+        });
+        writeln!(stdout, "{json}")
     } else {
-        println!(
+        writeln!(
+            stdout,
             "PPL = {:.4} +/- {:.5} ({} chunks of {} tokens, {} tokens scored)",
             result.ppl, result.ppl_stderr, result.chunks, args.ctx, result.scored_tokens
-        );
+        )
     }
-    Ok(())
+    .map_err(write_error)
 }

@@ -1,8 +1,13 @@
 //! `attend tokenize`: the token ids of a text under a model's tokenizer.
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use crate::common::{resolve_model, SMOLLM2_FILE};
+use attend_models::gguf::Gguf;
+use attend_models::tokenizer::Tokenizer;
+use attend_models::ModelError;
+
+use crate::common::{model_error, resolve_model, write_error, SMOLLM2_FILE};
 
 /// Options of `attend tokenize`.
 #[derive(Debug, Clone, clap::Args)]
@@ -16,6 +21,9 @@ pub struct TokenizeArgs {
     /// Leave out the BOS/EOS tokens the file adds.
     #[arg(long)]
     pub no_special: bool,
+    /// Tokenize special-token text such as `<|im_start|>` as plain text.
+    #[arg(long)]
+    pub no_parse_special: bool,
     /// The text to tokenize; special tokens such as `<|im_start|>` are parsed.
     pub text: String,
 }
@@ -23,18 +31,17 @@ pub struct TokenizeArgs {
 /// Runs `attend tokenize`.
 pub fn run(args: &TokenizeArgs) -> Result<(), String> {
     let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
-    let file =
-        attend_models::gguf::Gguf::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let tokenizer = attend_models::tokenizer::Tokenizer::from_gguf(&file)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = Gguf::open(&path).map_err(|e| model_error(&path, &ModelError::from(e)))?;
+    let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| model_error(&path, &e.into()))?;
     let ids = tokenizer
-        .encode(&args.text, !args.no_special, true)
+        .encode(&args.text, !args.no_special, !args.no_parse_special)
         .map_err(|e| e.to_string())?;
+    let mut stdout = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::json!({ "ids": ids }));
+        writeln!(stdout, "{}", serde_json::json!({ "ids": ids }))
     } else {
         let line: Vec<String> = ids.iter().map(u32::to_string).collect();
-        println!("{}", line.join(" "));
+        writeln!(stdout, "{}", line.join(" "))
     }
-    Ok(())
+    .map_err(write_error)
 }
