@@ -118,6 +118,18 @@ impl Linear {
         )?)
     }
 
+    /// One product `out = x W^T` of a [`quant::matmul_many`] call.
+    fn product<'a, 'o>(
+        &self,
+        file: &'a [u8],
+        out: &'o mut [f32],
+    ) -> Result<quant::Product<'a, 'o>, ModelError> {
+        Ok(quant::Product {
+            w: self.matrix(file)?,
+            out,
+        })
+    }
+
     /// Computes `out = x W^T`.
     ///
     /// # Shapes
@@ -465,9 +477,15 @@ impl Decoder {
 
         b.h.copy_from_slice(x);
         ops::rms_norm(&mut b.h, &layer.attn_norm, c.rms_eps, 0.0);
-        layer.wq.forward(file, &b.h, n_tokens, &mut b.q)?;
-        layer.wk.forward(file, &b.h, n_tokens, &mut b.k)?;
-        layer.wv.forward(file, &b.h, n_tokens, &mut b.v)?;
+        quant::matmul_many(
+            &b.h,
+            n_tokens,
+            &mut [
+                layer.wq.product(file, &mut b.q)?,
+                layer.wk.product(file, &mut b.k)?,
+                layer.wv.product(file, &mut b.v)?,
+            ],
+        )?;
         if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
             ops::rms_norm(&mut b.q, q_norm, c.rms_eps, 0.0);
             ops::rms_norm(&mut b.k, k_norm, c.rms_eps, 0.0);
@@ -533,8 +551,14 @@ impl Decoder {
         let n_tokens = x.len() / c.hidden;
         b.h.copy_from_slice(x);
         ops::rms_norm(&mut b.h, &layer.ffn_norm, c.rms_eps, 0.0);
-        layer.w_gate.forward(file, &b.h, n_tokens, &mut b.gate)?;
-        layer.w_up.forward(file, &b.h, n_tokens, &mut b.up)?;
+        quant::matmul_many(
+            &b.h,
+            n_tokens,
+            &mut [
+                layer.w_gate.product(file, &mut b.gate)?,
+                layer.w_up.product(file, &mut b.up)?,
+            ],
+        )?;
         let act = match c.activation {
             Activation::Silu => ops::silu,
             Activation::GeluTanh => ops::gelu_tanh,

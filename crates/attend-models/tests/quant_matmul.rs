@@ -3,8 +3,8 @@
 mod quant_support;
 
 use attend_models::quant::{
-    matmul, matmul_prequantized, matmul_with_isa, Isa, QuantError, QuantMatrix,
-    QuantizedActivations,
+    matmul, matmul_many, matmul_prequantized, matmul_with_isa, Isa, Product, QuantError,
+    QuantMatrix, QuantizedActivations,
 };
 use attend_models::GgmlType;
 use proptest::prelude::*;
@@ -375,6 +375,68 @@ fn prequantized_block_mismatch_rejected() {
     let err = matmul_prequantized(&w, &acts, &mut [0.0; 2], Isa::Portable).unwrap_err();
     assert!(
         matches!(err, QuantError::BufferLength { name: "acts", .. }),
+        "{err:?}"
+    );
+}
+
+/// `matmul_many` over a mix of types, block sizes and row counts (float, empty
+/// and off the tile width included) gives each product bit for bit what
+/// `matmul` gives for it alone, for one token (the shared task list) and several.
+#[test]
+fn many_matches_matmul_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let cols = 512;
+    let shapes = [
+        (GgmlType::Q4_1, 37),
+        (GgmlType::Q8_0, 0),
+        (GgmlType::Q4_K, 5),
+        (GgmlType::F16, 3),
+        (GgmlType::Q6_K, 130),
+        (GgmlType::Q5_0, 64),
+    ];
+    let weights: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(ty, rows)| random_weights(ty, rows, cols, &mut rng))
+        .collect();
+    for tokens in [0, 1, 3] {
+        let x = random_activations(tokens, cols, &mut rng);
+        let matrices: Vec<QuantMatrix> = shapes
+            .iter()
+            .zip(&weights)
+            .map(|(&(ty, rows), bytes)| QuantMatrix::new(ty, bytes, rows, cols).unwrap())
+            .collect();
+        let mut outs: Vec<Vec<f32>> = matrices
+            .iter()
+            .map(|w| vec![f32::NAN; tokens * w.rows()])
+            .collect();
+        let mut products: Vec<Product> = matrices
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(w, out)| Product { w: *w, out })
+            .collect();
+        matmul_many(&x, tokens, &mut products).unwrap();
+        for (w, got) in matrices.iter().zip(&outs) {
+            let mut want = vec![f32::NAN; tokens * w.rows()];
+            matmul(w, &x, tokens, &mut want).unwrap();
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{} [{}x{cols}] tokens {tokens}", w.ty(), w.rows());
+        }
+    }
+}
+
+#[test]
+fn many_rejects_a_wrong_output_length() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let bytes = random_weights(GgmlType::Q4_1, 4, 64, &mut rng);
+    let w = QuantMatrix::new(GgmlType::Q4_1, &bytes, 4, 64).unwrap();
+    let x = random_activations(1, 64, &mut rng);
+    let mut out = vec![0.0; 3];
+    let err = matmul_many(&x, 1, &mut [Product { w, out: &mut out }]).unwrap_err();
+    assert!(
+        matches!(err, QuantError::BufferLength { name: "out", .. }),
         "{err:?}"
     );
 }

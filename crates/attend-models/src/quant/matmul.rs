@@ -11,9 +11,11 @@ use super::QuantError;
 use crate::GgmlType;
 use rayon::prelude::*;
 
-/// Tokens one task covers at most. With 2048 columns their quantised codes
-/// and scales take about 256 KiB, which stays in L2 across the task's rows.
-const TOKEN_CHUNK: usize = 64;
+/// Tokens one task covers at most. Each task unpacks its weight rows once per
+/// chunk, so a longer chunk unpacks less often; with 2048 columns the chunk's
+/// quantised codes and scales take about 1 MiB, which stays in a 2 MiB L2
+/// across the task's rows.
+const TOKEN_CHUNK: usize = 256;
 /// Rows ahead of the current tile whose bytes are prefetched.
 const PREFETCH_ROWS_AHEAD: usize = 2 * MAX_TILE_ROWS;
 /// Tasks per rayon thread, so uneven tasks still balance.
@@ -226,6 +228,87 @@ pub fn matmul_prequantized(
     Ok(())
 }
 
+/// One product of a [`matmul_many`] call: `out = x W^T`.
+pub struct Product<'w, 'o> {
+    /// `[rows, cols]`.
+    pub w: QuantMatrix<'w>,
+    /// `[tokens, rows]`.
+    pub out: &'o mut [f32],
+}
+
+/// Computes several products of the same activations, `out_i = x W_i^T`, as
+/// the query, key and value projections (or gate and up) of one input are.
+/// The activations are quantised once per weight block size, and for a
+/// single token every row of every matrix is split over one set of rayon
+/// tasks, so the pool wakes once for all of them. Each output is bit for bit
+/// what [`matmul`] gives for its matrix alone.
+///
+/// # Shapes
+/// `x: [tokens, cols]`; each `w: [rows_i, cols]`, `out: [tokens, rows_i]`.
+///
+/// # Errors
+/// As for [`matmul`], for any of the products.
+pub fn matmul_many(
+    x: &[f32],
+    tokens: usize,
+    products: &mut [Product<'_, '_>],
+) -> Result<(), QuantError> {
+    let isa = Isa::detect();
+    // Quantised activations for each block size in use, at most two (32, 256).
+    let mut acts: Vec<QuantizedActivations> = Vec::new();
+    for p in products.iter_mut() {
+        let (rows, cols) = (p.w.rows, p.w.cols);
+        check_f32_len("x", x.len(), tokens, cols)?;
+        check_f32_len("out", p.out.len(), tokens, rows)?;
+        if tokens == 0 || rows == 0 {
+            continue;
+        }
+        if cols == 0 {
+            p.out.fill(0.0);
+            continue;
+        }
+        if !p.w.ty.is_quantized() {
+            matmul_float(&p.w, x, tokens, p.out);
+            continue;
+        }
+        let block = p.w.ty.block_elems();
+        if !acts.iter().any(|a| a.block_elems() == block) {
+            acts.push(QuantizedActivations::quantize(x, tokens, cols, p.w.ty)?);
+        }
+    }
+    // The activations of a product the integer kernels compute, `None` for
+    // float weights and empty shapes, which are done above.
+    let acts_for = |w: &QuantMatrix| {
+        let runs = w.ty.is_quantized() && tokens > 0 && w.rows > 0 && w.cols > 0;
+        acts.iter()
+            .find(|a| runs && a.block_elems() == w.ty.block_elems() && a.cols() == w.cols)
+    };
+    if tokens == 1 && has_row_kernel(isa) {
+        // One task list over the rows of every quantized product.
+        let total_rows: usize = products.iter().map(|p| p.out.len()).sum();
+        let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
+        let chunk_rows = total_rows.div_ceil(target_tasks).max(MAX_TILE_ROWS);
+        let mut tasks = Vec::with_capacity(target_tasks + products.len());
+        for p in products.iter_mut() {
+            let w = p.w;
+            let Some(a) = acts_for(&w) else { continue };
+            for (chunk_idx, out_chunk) in p.out.chunks_mut(chunk_rows).enumerate() {
+                tasks.push((w, a, chunk_idx * chunk_rows, out_chunk));
+            }
+        }
+        tasks.into_par_iter().for_each(|(w, a, r0, out_chunk)| {
+            matvec_rows(&w, a, r0, out_chunk, isa);
+        });
+    } else {
+        for p in products.iter_mut() {
+            if let Some(a) = acts_for(&p.w) {
+                matmul_quantized(&p.w, a, p.out, isa);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_f32_len(
     name: &'static str,
     actual: usize,
@@ -309,28 +392,32 @@ fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32
 /// Computes the single-token product, decoding each row in registers.
 /// `out: [rows]`.
 fn matvec_direct(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
-    let row_bytes = w.row_bytes();
     let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
     let chunk_rows = w.rows.div_ceil(target_tasks).max(MAX_TILE_ROWS);
     out.par_chunks_mut(chunk_rows)
         .enumerate()
         .for_each(|(chunk_idx, out_chunk)| {
-            let r0 = chunk_idx * chunk_rows;
-            for (i, value) in out_chunk.iter_mut().enumerate() {
-                let r = r0 + i;
-                let ahead = (r + PREFETCH_ROWS_AHEAD).min(w.rows);
-                prefetch(&w.data[ahead * row_bytes..(ahead + 1).min(w.rows) * row_bytes]);
-                let row = &w.data[r * row_bytes..(r + 1) * row_bytes];
-                *value = dot_row(
-                    isa,
-                    w.ty,
-                    row,
-                    &acts.codes,
-                    &acts.lane_scales,
-                    &acts.group_sums,
-                );
-            }
+            matvec_rows(w, acts, chunk_idx * chunk_rows, out_chunk, isa);
         });
+}
+
+/// Computes rows `r0..r0 + out.len()` of the single-token product.
+fn matvec_rows(w: &QuantMatrix, acts: &QuantizedActivations, r0: usize, out: &mut [f32], isa: Isa) {
+    let row_bytes = w.row_bytes();
+    for (i, value) in out.iter_mut().enumerate() {
+        let r = r0 + i;
+        let ahead = (r + PREFETCH_ROWS_AHEAD).min(w.rows);
+        prefetch(&w.data[ahead * row_bytes..(ahead + 1).min(w.rows) * row_bytes]);
+        let row = &w.data[r * row_bytes..(r + 1) * row_bytes];
+        *value = dot_row(
+            isa,
+            w.ty,
+            row,
+            &acts.codes,
+            &acts.lane_scales,
+            &acts.group_sums,
+        );
+    }
 }
 
 fn run_tile(

@@ -26,7 +26,7 @@ pub use activations::QuantizedActivations;
 pub use dequant::dequantize;
 pub use error::QuantError;
 pub use kernel::Isa;
-pub use matmul::{matmul, matmul_prequantized, matmul_with_isa, QuantMatrix};
+pub use matmul::{matmul, matmul_many, matmul_prequantized, matmul_with_isa, Product, QuantMatrix};
 
 use crate::GgmlType;
 
