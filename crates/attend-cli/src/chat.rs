@@ -144,7 +144,9 @@ impl Conversation {
                 .decode(&[*id], true)
                 .ok()
                 .map(|end| prompt + &output.text + &end),
-            (StopReason::MaxTokens, Some(prompt)) => Some(prompt + &output.text),
+            (StopReason::MaxTokens | StopReason::ContextFull, Some(prompt)) => {
+                Some(prompt + &output.text)
+            }
         };
     }
 }
@@ -245,7 +247,7 @@ fn chat_turn(
         .map_err(|e| e.to_string())?;
     written.map_err(write_error)?;
     writeln!(stdout).map_err(write_error)?;
-    print_stats(&output, session, stop_reason_name(&output, params));
+    print_stats(&output, session, stop_reason_name(&output));
     conversation.record_reply(engine, &tokens, &output);
     Ok(Turn::Answered)
 }

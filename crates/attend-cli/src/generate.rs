@@ -163,7 +163,7 @@ pub fn run_generate(args: &GenerateArgs) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     written.map_err(write_error)?;
-    let stop_reason = stop_reason_name(&output, &params);
+    let stop_reason = stop_reason_name(&output);
     if args.json {
         let mut json = serde_json::json!({
             "prompt_tokens": output.prompt_tokens,
@@ -185,15 +185,13 @@ pub fn run_generate(args: &GenerateArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Names why generation stopped, as the JSON output spells it. The engine
-/// reports a full context as `MaxTokens`; fewer tokens than `--max-tokens`
-/// tell the two apart.
-pub(crate) fn stop_reason_name(output: &GenerateOutput, params: &GenerateParams) -> &'static str {
+/// Names why generation stopped, as the JSON output spells it.
+pub(crate) fn stop_reason_name(output: &GenerateOutput) -> &'static str {
     match output.stop_reason {
         StopReason::EndOfGeneration(_) => "end_of_generation",
         StopReason::StopString(_) => "stop_string",
-        StopReason::MaxTokens if output.tokens.len() < params.max_tokens => "context_full",
         StopReason::MaxTokens => "max_tokens",
+        StopReason::ContextFull => "context_full",
     }
 }
 

@@ -200,9 +200,8 @@ impl Engine {
             if let Some(reason) = out.stop.or(token_stop) {
                 break reason;
             }
-            // A full context ends generation like the token budget does.
             if session.position() >= session.context() {
-                break StopReason::MaxTokens;
+                break StopReason::ContextFull;
             }
             logits = self.decoder.forward(session, &[id], Logits::Last)?;
             decoded += 1;

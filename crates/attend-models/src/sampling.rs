@@ -399,6 +399,8 @@ pub enum StopReason {
     StopString(String),
     /// The token budget ran out.
     MaxTokens,
+    /// The session's context has no room for another token.
+    ContextFull,
 }
 
 /// Watches generated tokens and text for the stop conditions.
