@@ -1,7 +1,7 @@
 //! This machine's limits, measured the same way by every benchmark: the f32 GEMM rate
 //! of the `gemm` crate and the memory copy bandwidth. `attend bench machine` prints
-//! both; `bench attention`, `bench decode` and `bench matmul` call the functions here
-//! for the baselines they print beside their own rates.
+//! both. `bench attention` (GEMM), `bench decode` and `bench matmul` (copy) call these
+//! functions for the baselines they print beside their own rates.
 
 use std::time::{Duration, Instant};
 
@@ -133,7 +133,7 @@ pub fn gemm_f32_gflops(n: usize, budget: Duration) -> f64 {
     let threads = rayon::current_num_threads();
     let seconds = median_seconds(budget, 3, || {
         // SAFETY: a, b and c are n x n row-major (column stride 1, row stride n) and
-        // live for the whole call; c does not alias a or b.
+        // live for the whole call. c is its own allocation, so it aliases neither a nor b.
         unsafe {
             gemm::gemm(
                 n,

@@ -36,7 +36,7 @@ fn table_rows(markdown: &str) -> Vec<Vec<String>> {
 }
 
 #[test]
-fn quick_run_writes_a_number_for_every_attend_case() {
+fn quick_run_fills_attend_cells() {
     let root = repo_root();
     let dir = std::env::temp_dir().join(format!("attend-compare-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("the temporary folder can be made");
@@ -98,6 +98,10 @@ fn quick_run_writes_a_number_for_every_attend_case() {
             .and_then(|f| f.parse().ok())
             .unwrap_or_else(|| panic!("{}: the limit cell {:?} is a number", row[1], row[3]));
         assert!(fraction > 0.0, "{}: fraction {fraction}", row[1]);
-        assert_eq!(row[5], "not run", "{}: no peer runs without --peer-python", row[1]);
+        assert_eq!(
+            row[5], "not run",
+            "{}: no peer runs without --peer-python",
+            row[1]
+        );
     }
 }
