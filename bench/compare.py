@@ -284,8 +284,8 @@ def render(rows, limits, measured_limits, args, versions):
                  "whose raw medians that file keeps.")
     lines.append("")
     if args.group_notes:
-        lines.append("Groups, when they ran and with how many rounds (the slow cases are attention at "
-                     "N >= 8192 and generation at depth 4096):")
+        lines.append("Groups, when each run of them finished and with how many alternating rounds (the slow "
+                     "cases are attention at N >= 8192 and generation at depth 4096):")
         lines.append("")
         lines += [f"- {note}" for note in args.group_notes]
     else:
@@ -498,8 +498,12 @@ def merge_results(path, groups, rows, limits_run, args):
     return merged, stored["limits"], group_notes(stored)
 
 
+def plural(count, noun):
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def run_note(run):
-    note = f"{run['when']}, {run['rounds']} rounds ({run['slow_rounds']} for slow cases)"
+    note = f"finished {run['when']}, {plural(run['rounds'], 'round')} ({run['slow_rounds']} for slow cases)"
     if run.get("load"):
         note += f", load average {run['load'][0]:.1f} before and {run['load'][1]:.1f} after"
     return note
