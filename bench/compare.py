@@ -269,12 +269,64 @@ def label(row):
     return row["name"] + LABELS[row["metric"]]
 
 
+def render_limits(limits, measured_limits, args):
+    """Describe the machine limits and how the `of limit` column relates to them."""
+    lines = []
+    lines.append("### Machine limits")
+    lines.append("")
+    if limits:
+        each = "; ".join(f"{m['gemm_gflops']:.1f} GFLOP/s, {m['copy_gb_per_s']:.2f} GB/s"
+                         for m in measured_limits if m)
+        lines.append(f"`attend bench machine --threads {args.threads}`, run before and after each run of the cases "
+                     f"({each}); the mean: f32 GEMM (gemm crate, {limits['gemm_size']}^3) "
+                     f"**{limits['gemm_gflops']:.1f} GFLOP/s**, memory copy ({limits['copy_mib']:.0f} MiB, bytes "
+                     f"copied per second) "
+                     f"**{limits['copy_gb_per_s']:.2f} GB/s**.")
+        lines.append("")
+        lines.append("The `of limit` column is attend's median fraction of a machine limit. For attention, "
+                     "decode and MiniLM the kernel's own benchmark measures the limit in the same process, "
+                     "alternating with the kernel, with the same code as `attend bench machine`, so both see "
+                     "the same load: attention GFLOP/s (visible pairs only) over the 1024^3 f32 GEMM "
+                     "(`--baseline gemm`); decode KV bytes read per second over a copy of the same bytes "
+                     "(`kv_over_copy`; the L = 1024 cache is 8 MiB, so that copy runs in cache); MiniLM "
+                     "forward GFLOP/s over an f32 GEMM at its feed-forward shape (`gemm_fraction`). For "
+                     "generation it is decode tokens/s x model file bytes over the copy bandwidth above, "
+                     "the weight bytes streamed per token, with the KV cache reads left out. A stream that "
+                     "only reads can exceed the copy rate, up to about twice it, because a copy also writes "
+                     "each byte.")
+    else:
+        lines.append(f"Not measured: {args.limits_error}.")
+    lines.append("")
+    return lines
+
+
+def render_table(rows):
+    """Build the Markdown table, one line per row."""
+    lines = []
+    lines.append("| group | case | attend | of limit | peer | peer value | ratio |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in rows:
+        u = UNITS[r["metric"]]
+        a = f"{r['attend']:.4g} {u}" if r["attend"] is not None else "failed"
+        f = f"{r['fraction'][0]:.2f} {r['fraction'][1]}" if r["fraction"] else "n/a"
+        if r["peer"] is not None:
+            p = f"{r['peer']:.4g} {u}"
+        elif r["errors"]["peer"]:
+            p = "failed"
+        else:
+            p = "not run"
+        q = f"{r['ratio']:.2f}" if r["ratio"] is not None else "n/a"
+        lines.append(f"| {r['group']} | {label(r)} | {a} | {f} | {r['peer_name']} | {p} | {q} |")
+    lines.append("")
+    return lines
+
+
 def render(rows, limits, measured_limits, args, versions):
     lines = [BEGIN, "", "## Side by side with the peers", ""]
     command = f"bench/compare.sh{' --quick' if args.quick else ''}"
     lines.append(f"Written by `{command}` (bench/compare.py) on {datetime.date.today().isoformat()}. "
                  f"CPU: {cpu_model()}, {args.threads} threads for attend and for each peer. "
-                 f"Versions: attend {attend_version(args.attend)}; {versions}. Each case runs attend and "
+                 f"Versions: attend {args.attend_version}; {versions}. Each case runs attend and "
                  f"the peer alternately (A B A B), each run a fresh process, and compares the medians.")
     lines.append("")
     lines.append("To reproduce on a fresh machine: `bench/compare.sh`, which fetches the models, builds attend, "
@@ -315,46 +367,8 @@ def render(rows, limits, measured_limits, args, versions):
                     who = "attend" if side == "attend" else r["peer_name"]
                     lines.append(f"- {r['group']}: {label(r)}: {who} failed: {r['errors'][side]}")
         lines.append("")
-    lines.append("### Machine limits")
-    lines.append("")
-    if limits:
-        each = "; ".join(f"{m['gemm_gflops']:.1f} GFLOP/s, {m['copy_gb_per_s']:.2f} GB/s"
-                         for m in measured_limits if m)
-        lines.append(f"`attend bench machine --threads {args.threads}`, run before and after each run of the cases "
-                     f"({each}); the mean: f32 GEMM (gemm crate, {limits['gemm_size']}^3) "
-                     f"**{limits['gemm_gflops']:.1f} GFLOP/s**, memory copy ({limits['copy_mib']:.0f} MiB, bytes "
-                     f"copied per second) "
-                     f"**{limits['copy_gb_per_s']:.2f} GB/s**.")
-        lines.append("")
-        lines.append("The `of limit` column is attend's median fraction of a machine limit. For attention, "
-                     "decode and MiniLM the kernel's own benchmark measures the limit in the same process, "
-                     "alternating with the kernel, with the same code as `attend bench machine`, so both see "
-                     "the same load: attention GFLOP/s (visible pairs only) over the 1024^3 f32 GEMM "
-                     "(`--baseline gemm`); decode KV bytes read per second over a copy of the same bytes "
-                     "(`kv_over_copy`; the L = 1024 cache is 8 MiB, so that copy runs in cache); MiniLM "
-                     "forward GFLOP/s over an f32 GEMM at its feed-forward shape (`gemm_fraction`). For "
-                     "generation it is decode tokens/s x model file bytes over the copy bandwidth above, "
-                     "the weight bytes streamed per token, with the KV cache reads left out. A stream that "
-                     "only reads can exceed the copy rate, up to about twice it, because a copy also writes "
-                     "each byte.")
-    else:
-        lines.append(f"Not measured: {args.limits_error}.")
-    lines.append("")
-    lines.append("| group | case | attend | of limit | peer | peer value | ratio |")
-    lines.append("|---|---|---|---|---|---|---|")
-    for r in rows:
-        u = UNITS[r["metric"]]
-        a = f"{r['attend']:.4g} {u}" if r["attend"] is not None else "failed"
-        f = f"{r['fraction'][0]:.2f} {r['fraction'][1]}" if r["fraction"] else "n/a"
-        if r["peer"] is not None:
-            p = f"{r['peer']:.4g} {u}"
-        elif r["errors"]["peer"]:
-            p = "failed"
-        else:
-            p = "not run"
-        q = f"{r['ratio']:.2f}" if r["ratio"] is not None else "n/a"
-        lines.append(f"| {r['group']} | {label(r)} | {a} | {f} | {r['peer_name']} | {p} | {q} |")
-    lines.append("")
+    lines += render_limits(limits, measured_limits, args)
+    lines += render_table(rows)
     if args.plot_path:
         lines.append(f"Attention time against sequence length: [{args.plot_path}]({args.plot_path})")
         lines.append("")
@@ -493,6 +507,7 @@ def merge_results(path, groups, rows, limits_run, args):
         else:
             stored["groups"][group] = dict(meta, rows=new)
     stored["limits"] += [dict(m, when=now) for m in limits_run if m]
+    stored["attend_version"] = args.attend_version
     path.write_text(json.dumps(stored, indent=1) + "\n")
     merged = [r for g in GROUPS if g in stored["groups"] for r in stored["groups"][g]["rows"]]
     return merged, stored["limits"], group_notes(stored)
@@ -548,6 +563,7 @@ def render_only(args):
     args.quick = False
     args.rounds = args.slow_rounds = None
     args.limits_error = "no measurement stored"
+    args.attend_version = stored.get("attend_version") or attend_version(args.attend)
     return write_table(rows, mean_limits(measured), measured, args, peer_versions(args.peer_python))
 
 
@@ -573,6 +589,7 @@ def main():
     args = p.parse_args()
     if args.render_only:
         return render_only(args)
+    args.attend_version = attend_version(args.attend)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.slow_rounds = args.slow_rounds or args.rounds
     args.peers = bool(args.peer_python)
@@ -601,7 +618,7 @@ def main():
     runs = []
     for i, case in enumerate(cases, 1):
         rounds = args.slow_rounds if case.slow else args.rounds
-        print(f"[{i}/{len(cases)}] {case.group}: {case.name} ({rounds} rounds)", file=sys.stderr, flush=True)
+        print(f"[{i}/{len(cases)}] {case.group}: {case.name} ({plural(rounds, 'round')})", file=sys.stderr, flush=True)
         results, errors = measure(case, args.attend, args.peer_python, rounds, args.timeout)
         runs.append((case, results, errors))
         if errors["attend"]:
