@@ -3,7 +3,7 @@
 # machine in one session, and write the table of ratios into BENCHMARKS.md.
 #
 # Usage: bench/compare.sh [--quick] [--attend-only] [--out FILE] [other bench/compare.py options]
-#   --quick        one small case per group and one round (minutes, not an hour)
+#   --quick        one small case per group and one round (a minute, not an hour)
 #   --attend-only  skip the peers (no virtual environment is made)
 # The peers are installed into bench/.venv-peers (or $PEERS_VENV) by bench/peers/setup.sh;
 # set PEER_PYTHON to reuse an existing environment.
@@ -28,7 +28,12 @@ peer=()
 if [[ $attend_only -eq 0 ]]; then
   python=${PEER_PYTHON:-}
   if [[ -z "$python" ]]; then
-    python=$(bench/peers/setup.sh | tail -n 1)
+    # If even the environment cannot be made, the peers run under the system python and
+    # fail to import, so each peer cell of the table reports the failure.
+    python=$(bench/peers/setup.sh | tail -n 1) || {
+      echo "warning: bench/peers/setup.sh failed; the peers will be reported as failed" >&2
+      python=$(command -v python3)
+    }
   fi
   peer=(--peer-python "$python")
 fi

@@ -4,7 +4,8 @@ Prints one JSON object with prefill_tokens_per_s and decode_tokens_per_s.
 The method follows llama-bench's pp/tg at depth: the cache is first filled with
 `--depth` tokens (untimed), then `--prompt-tokens` tokens are evaluated in one batch
 (prefill), then `--gen-tokens` tokens are evaluated one at a time (decode). Token ids
-are fixed pseudo-random ids, so no tokenizer or sampler time is counted.
+are fixed pseudo-random ids, so no tokenizer or sampler time is counted. A short
+untimed warm-up comes first, as in llama-bench.
 """
 
 import argparse
@@ -43,6 +44,11 @@ def main():
     vocab = llm.n_vocab()
     ids = [rng.randrange(100, vocab) for _ in range(args.depth + args.prompt_tokens)]
 
+    # Untimed warm-up as llama-bench does it (a short batch and one token), so that the
+    # first touch of the memory-mapped weights and the graph set-up are not timed.
+    llm.reset()
+    llm.eval(ids[: min(32, len(ids))])
+    llm.eval(ids[:1])
     llm.reset()
     if args.depth:
         llm.eval(ids[: args.depth])

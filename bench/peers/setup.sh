@@ -18,14 +18,17 @@ llama_cmake_args() {
   flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
   local pair
   for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C avx512f:AVX512 avx512vbmi:AVX512_VBMI \
-              avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
+              avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI bmi2:BMI2; do
     if [[ " $flags " == *" ${pair%%:*} "* ]]; then args+=" -DGGML_${pair#*:}=ON"; fi
   done
   echo "$args"
 }
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" numpy matplotlib || exit 1
-"${pip[@]}" torch || echo "warning: torch failed to install" >&2
+# The CPU build of torch from PyTorch's own index comes without the CUDA libraries that
+# PyPI's Linux build pulls in. PyPI's build is the fallback.
+"${pip[@]}" --index-url https://download.pytorch.org/whl/cpu torch \
+  || "${pip[@]}" torch || echo "warning: torch failed to install" >&2
 "${pip[@]}" sentence-transformers || echo "warning: sentence-transformers failed to install" >&2
 CMAKE_ARGS=$(llama_cmake_args) "${pip[@]}" --no-binary llama-cpp-python llama-cpp-python || echo "warning: llama-cpp-python failed to install" >&2
 echo "$venv/bin/python"

@@ -28,7 +28,8 @@ def parse_args():
     p.add_argument("--window", type=int, help="keys visible before the query (left)")
     p.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=5, help="timed calls; the median is printed")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     return p.parse_args()
 
 
@@ -61,7 +62,8 @@ def main():
 
     times = []
     with torch.inference_mode():
-        F.scaled_dot_product_attention(q, k, v, **kwargs)  # warm-up
+        for _ in range(args.warmup):
+            F.scaled_dot_product_attention(q, k, v, **kwargs)
         for _ in range(args.reps):
             start = time.perf_counter()
             F.scaled_dot_product_attention(q, k, v, **kwargs)

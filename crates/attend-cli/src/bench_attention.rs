@@ -328,44 +328,5 @@ fn run_typed<T: Element>(
 /// Returns the f32 GEMM rate of the `gemm` crate on 1024 x 1024 x 1024 with the
 /// current pool's thread count.
 fn gemm_gflops(timing: Timing) -> f64 {
-    const N: usize = 1024;
-    let a: Vec<f32> = random_values(N * N, 4);
-    let b: Vec<f32> = random_values(N * N, 5);
-    let mut c = vec![0.0f32; N * N];
-    let threads = rayon::current_num_threads();
-    let timing = Timing {
-        min_runs: 3,
-        warmup_runs: 1,
-        ..timing
-    };
-    let elapsed = median_time(timing, || {
-        // SAFETY: a, b and c are N x N row-major (column stride 1, row stride N) and
-        // live for the whole call; c does not alias a or b.
-        unsafe {
-            gemm::gemm(
-                N,
-                N,
-                N,
-                c.as_mut_ptr(),
-                1,
-                N as isize,
-                false,
-                a.as_ptr(),
-                1,
-                N as isize,
-                b.as_ptr(),
-                1,
-                N as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(threads),
-            );
-        }
-        Ok(())
-    });
-    let seconds = elapsed.map_or(f64::NAN, |d| d.as_secs_f64());
-    2.0 * (N * N * N) as f64 / seconds / 1e9
+    crate::bench_machine::gemm_f32_gflops(1024, timing.min_time)
 }

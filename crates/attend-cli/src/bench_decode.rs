@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
+use crate::bench_machine::parallel_copy;
 use attend::kv::{ContiguousCache, KvCache, KvConfig, KvDtype, KvSeqView, PagedCache, SeqId};
 use attend::{decode, AttentionParams, Bshd, BshdMut, Isa};
-use rayon::prelude::*;
 
 /// Cache kind for `--cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -185,14 +185,6 @@ fn fill_cache(args: &BenchDecodeArgs) -> Result<Box<dyn KvCache>, String> {
         }
     }
     Ok(cache)
-}
-
-/// Copies `src` into `dst` in fixed 1 MiB pieces on the pool's threads.
-fn parallel_copy(src: &[u8], dst: &mut [u8]) {
-    const PIECE: usize = 1 << 20;
-    dst.par_chunks_mut(PIECE)
-        .zip(src.par_chunks(PIECE))
-        .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 fn bench(args: &BenchDecodeArgs, threads: usize) -> Result<(), String> {

@@ -5,7 +5,6 @@ use attend_models::quant::{matmul, Isa, QuantError, QuantMatrix};
 use attend_models::GgmlType;
 use clap::Args;
 use half::{bf16, f16};
-use rayon::prelude::*;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -169,12 +168,8 @@ fn measure(args: &BenchMatmulArgs, threads: usize) -> Result<BenchMatmulReport, 
     let copy_bytes = working_set.max(weight_bytes);
     let source = vec![1u8; copy_bytes];
     let mut destination = vec![0u8; copy_bytes];
-    let chunk = copy_bytes.div_ceil(threads * 8).max(4096);
     let copy = time_repeated(budget, || {
-        destination
-            .par_chunks_mut(chunk)
-            .zip(source.par_chunks(chunk))
-            .for_each(|(d, s)| d.copy_from_slice(s));
+        crate::bench_machine::parallel_copy(&source, &mut destination);
     });
     drop((source, destination));
 

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench_attention;
 mod bench_decode;
 mod bench_generate;
+mod bench_machine;
 mod bench_matmul;
 mod chat;
 mod common;
@@ -66,6 +67,8 @@ enum BenchCommand {
     Attention(bench_attention::BenchAttentionArgs),
     /// Quantized matrix products against memory copy and f32 GEMM.
     Matmul(bench_matmul::BenchMatmulArgs),
+    /// This machine's f32 GEMM rate and memory copy bandwidth.
+    Machine(bench_machine::BenchMachineArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Attention(args)) => {
             bench_attention::run(args, &ALLOCATOR).map_err(|e| e.to_string())
         }
+        Command::Bench(BenchCommand::Machine(args)) => bench_machine::run(args),
         Command::Bench(BenchCommand::Matmul(args)) => bench_matmul::run(args)
             .map(|_| ())
             .map_err(|e| e.to_string()),
