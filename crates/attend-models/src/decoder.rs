@@ -28,7 +28,7 @@ use crate::ops;
 use crate::quant::{self, QuantMatrix};
 use crate::GgmlType;
 
-/// The KV storage type sessions use unless told otherwise, as llama.cpp's default.
+/// The KV storage type of sessions when the caller names none, as in llama.cpp.
 pub const DEFAULT_KV_DTYPE: KvDtype = KvDtype::F16;
 
 /// Chunks of at most this many tokens attend through the decode kernel over the
@@ -213,7 +213,7 @@ impl Session {
         self.position
     }
 
-    /// The most tokens this session holds.
+    /// The maximum number of tokens this session can hold.
     pub fn context(&self) -> usize {
         self.context
     }
@@ -345,8 +345,9 @@ impl Decoder {
     }
 
     /// [`Decoder::new_session`] with a choice of cache for the sliding-window
-    /// layers; [`SlidingCache::Full`] gives the same results with more memory and
-    /// is what the tests compare the rolling cache against.
+    /// layers. [`SlidingCache::Full`] attends to the same keys with more memory; its
+    /// sums run in another order, so logits can differ by rounding. The tests
+    /// compare the rolling cache against it.
     ///
     /// # Errors
     /// As [`Decoder::new_session`].
