@@ -25,10 +25,9 @@ llama_cmake_args() {
 }
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" numpy matplotlib || exit 1
-# The CPU build of torch from PyTorch's own index comes without the CUDA libraries that
-# PyPI's Linux build pulls in. PyPI's build is the fallback.
-"${pip[@]}" --index-url https://download.pytorch.org/whl/cpu torch \
-  || "${pip[@]}" torch || echo "warning: torch failed to install" >&2
+# PyPI's Linux build of torch pulls in the CUDA libraries (several GB); it runs on
+# the CPU all the same.
+"${pip[@]}" torch || echo "warning: torch failed to install" >&2
 "${pip[@]}" sentence-transformers || echo "warning: sentence-transformers failed to install" >&2
 CMAKE_ARGS=$(llama_cmake_args) "${pip[@]}" --no-binary llama-cpp-python llama-cpp-python || echo "warning: llama-cpp-python failed to install" >&2
 echo "$venv/bin/python"
