@@ -291,3 +291,53 @@ pub fn check_teacher_forced(decoder: &Decoder, fixture_name: &str, limits: &Teac
         );
     }
 }
+
+/// Decodes every greedy case of a llama.cpp fixture and checks the ids up to the
+/// first near-tie (reference margin below 0.2, where llama.cpp and the exact
+/// reference start to pick differently).
+pub fn check_greedy_cases(decoder: &Decoder, fixture_name: &str, eog: &[u32]) {
+    let reference = fixture(fixture_name);
+    for case in reference["greedy"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let prompt = ids(&case["prompt_ids"]);
+        let expected = ids(&case["generated_ids"]);
+        let margins = floats(&case["top1_margins"]);
+        let mut session = decoder
+            .new_session(prompt.len() + expected.len() + 1, attend::kv::KvDtype::F16)
+            .unwrap();
+        let ours = greedy(decoder, &mut session, &prompt, expected.len(), eog);
+        assert_greedy_prefix(name, &ours, &expected, &margins, 0.2);
+    }
+}
+
+/// Checks two logit rows of one position computed along different paths: the
+/// largest and mean absolute differences, and the argmax wherever `expected`
+/// leads by more than 0.5.
+pub fn assert_rows_close(
+    position: usize,
+    ours: &[f32],
+    expected: &[f32],
+    max_diff: f32,
+    mean_diff: f32,
+) {
+    let diffs: Vec<f32> = ours
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .collect();
+    let worst = diffs.iter().fold(0.0f32, |m, &d| m.max(d));
+    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+    assert!(
+        worst < max_diff,
+        "position {position}: max difference {worst}"
+    );
+    assert!(
+        mean < mean_diff,
+        "position {position}: mean difference {mean}"
+    );
+    let mut sorted = expected.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    if sorted[0] - sorted[1] > 0.5 {
+        assert_eq!(argmax(ours), argmax(expected), "position {position}");
+    }
+}
