@@ -29,5 +29,8 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 # the CPU all the same.
 "${pip[@]}" torch || echo "warning: torch failed to install" >&2
 "${pip[@]}" sentence-transformers || echo "warning: sentence-transformers failed to install" >&2
-CMAKE_ARGS=$(llama_cmake_args) "${pip[@]}" --no-binary llama-cpp-python llama-cpp-python || echo "warning: llama-cpp-python failed to install" >&2
+# --no-cache-dir: a wheel that pip cached from an earlier build with other flags
+# (an AMX build, say) would otherwise be reused as it is.
+CMAKE_ARGS=$(llama_cmake_args) "${pip[@]}" --no-cache-dir \
+  --no-binary llama-cpp-python llama-cpp-python || echo "warning: llama-cpp-python failed to install" >&2
 echo "$venv/bin/python"
