@@ -35,7 +35,7 @@ pub const DEFAULT_KV_DTYPE: KvDtype = KvDtype::F16;
 /// cache in place; longer chunks through the tiled prefill kernel.
 const DECODE_MAX_TOKENS: usize = 16;
 
-/// The one sequence a [`Session`] holds in its caches.
+/// The id of the one sequence in each of a [`Session`]'s caches.
 const SEQ: SeqId = SeqId(0);
 
 /// The feed-forward activation applied to the gate projection.
@@ -47,11 +47,11 @@ pub enum Activation {
     GeluTanh,
 }
 
-/// How one layer attends.
+/// The attention settings of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerSpec {
-    /// Sliding window `W` in tokens: the query sees itself and the `W - 1` keys
-    /// before it (attention window `left = W - 1`). `None` for global layers.
+    /// Sliding window `W` in tokens: each query attends to itself and the
+    /// `W - 1` keys before it (attention window `left = W - 1`). `None` for global layers.
     pub window: Option<usize>,
     /// Index into [`DecoderConfig::ropes`].
     pub rope_idx: usize,
@@ -175,7 +175,7 @@ pub enum SlidingCache {
     Full,
 }
 
-/// Which rows of logits a forward pass returns.
+/// The rows of logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
     /// None: the pass only fills the cache.

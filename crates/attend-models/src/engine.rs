@@ -29,13 +29,13 @@ pub struct Engine {
 #[derive(Clone, Debug)]
 pub struct GenerateParams {
     pub sampling: SamplingParams,
-    /// The most tokens to generate.
+    /// The maximum number of tokens to generate.
     pub max_tokens: usize,
     /// Generation stops when the decoded text contains one of these.
     pub stop_strings: Vec<String>,
 }
 
-/// What one generation produced, with its speed.
+/// The result of one generation, with its speed.
 #[derive(Clone, Debug)]
 pub struct GenerateOutput {
     /// The prompt's token ids as they were fed to the model.

@@ -35,7 +35,8 @@ fn config_follows_the_architecture() {
     assert_eq!(c.ropes[1].base, 10_000.0);
     assert_eq!(c.query_scale, 1.0 / 16.0);
     assert_eq!(c.embed_scale, Some(640f32.sqrt()));
-    assert!(c.qk_norm && c.post_norms);
+    assert!(c.qk_norm);
+    assert!(c.post_norms);
     assert_eq!(c.final_softcap, None);
 }
 

@@ -200,9 +200,9 @@ pub fn assert_greedy_prefix(
 pub struct TeacherForcedLimits {
     /// Tokens per forward call; later chunks attend over a non-empty cache.
     pub chunk: usize,
-    /// Least percentage of top-1 agreement where the reference margin exceeds 0.2.
+    /// Minimum percentage of top-1 agreement where the reference margin exceeds 0.2.
     pub agree_past_0_2_pct: usize,
-    /// Least percentage of top-1 agreement over all positions.
+    /// Minimum percentage of top-1 agreement over all positions.
     pub agree_overall_pct: usize,
     /// Largest difference at the reference's top-5 ids.
     pub top5: f32,
