@@ -3,9 +3,11 @@
 mod attention_support;
 
 use attend::{
-    attention, attention_varlen, AttentionParams, BshdMut, BshdShape, Isa, Packed, PackedMut,
+    attention, attention_varlen, AttentionParams, BshdMut, BshdShape, Element, Isa, Packed,
+    PackedMut,
 };
 use attention_support::Tensor;
+use half::bf16;
 
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()
@@ -15,7 +17,7 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
-fn prefill_bits(threads: usize, isa: Isa) -> Vec<u32> {
+fn prefill_bits<T: Element>(threads: usize, isa: Isa) -> Vec<u32> {
     let q_shape = BshdShape {
         batch: 2,
         seq_len: 300,
@@ -26,9 +28,9 @@ fn prefill_bits(threads: usize, isa: Isa) -> Vec<u32> {
         heads: 2,
         ..q_shape
     };
-    let q = Tensor::<f32>::new(q_shape, 0, 11);
-    let k = Tensor::<f32>::new(kv_shape, 0, 12);
-    let v = Tensor::<f32>::new(kv_shape, 0, 13);
+    let q = Tensor::<T>::new(q_shape, 0, 11);
+    let k = Tensor::<T>::new(kv_shape, 0, 12);
+    let v = Tensor::<T>::new(kv_shape, 0, 13);
     let params = AttentionParams {
         causal: true,
         window: (Some(150), None),
@@ -54,7 +56,7 @@ fn prefill_bits(threads: usize, isa: Isa) -> Vec<u32> {
 
 fn varlen_bits(threads: usize) -> Vec<u32> {
     let cu_seqlens = [0usize, 130, 130, 200, 330];
-    let q = Tensor::<half::bf16>::new(
+    let q = Tensor::<bf16>::new(
         BshdShape {
             batch: 1,
             seq_len: 330,
@@ -90,9 +92,21 @@ fn varlen_bits(threads: usize) -> Vec<u32> {
 #[test]
 fn prefill_is_bitwise_deterministic() {
     for isa in [Isa::Portable, Isa::detect()] {
-        let one = prefill_bits(1, isa);
-        assert_eq!(one, prefill_bits(2, isa), "{isa:?}: 1 vs 2 threads");
-        assert_eq!(one, prefill_bits(3, isa), "{isa:?}: 1 vs 3 threads");
+        let one = prefill_bits::<f32>(1, isa);
+        assert_eq!(one, prefill_bits::<f32>(2, isa), "{isa:?}: 1 vs 2 threads");
+        assert_eq!(one, prefill_bits::<f32>(3, isa), "{isa:?}: 1 vs 3 threads");
+        // bf16 takes the bf16 dot-product tiles where the CPU has them.
+        let one = prefill_bits::<bf16>(1, isa);
+        assert_eq!(
+            one,
+            prefill_bits::<bf16>(2, isa),
+            "{isa:?} bf16: 1 vs 2 threads"
+        );
+        assert_eq!(
+            one,
+            prefill_bits::<bf16>(3, isa),
+            "{isa:?} bf16: 1 vs 3 threads"
+        );
     }
 }
 

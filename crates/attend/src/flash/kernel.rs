@@ -52,13 +52,17 @@ struct Scratch {
     /// `[head_dim, BLOCK_Q]` queries as f32, transposed and zero-padded.
     qt: Vec<f32>,
     /// `[ceil(head_dim / 2), BLOCK_Q, 2]` bf16 queries in pairs along head_dim, for
-    /// bf16 dot-product instructions (empty unless the storage is bf16).
+    /// bf16 dot-product instructions (empty unless they run).
     qp: Vec<bf16>,
+    /// `[BLOCK_KV / 2, head_dim, 2]` bf16 values in pairs of keys, for bf16 dot-product
+    /// instructions (empty unless they run).
+    vp: Vec<bf16>,
     /// `[head_dim]` one converted query row.
     row: Vec<f32>,
-    /// `[BLOCK_KV, head_dim]` keys converted to f32 (unused for f32 storage).
+    /// `[BLOCK_KV, head_dim]` keys converted to f32 (empty for f32 storage and for
+    /// bf16 dot products).
     k: Vec<f32>,
-    /// `[BLOCK_KV, head_dim]` values converted to f32 (unused for f32 storage).
+    /// `[BLOCK_KV, head_dim]` values converted to f32 (empty as `k`).
     v: Vec<f32>,
     /// `[BLOCK_KV, BLOCK_Q]` transposed scores, then probabilities.
     st: Vec<f32>,
@@ -73,20 +77,26 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new<T: Element>(head_dim: usize) -> Self {
-        let converted_len = if T::as_f32_slice(&[]).is_some() {
+    /// Allocates the buffers for `head_dim`; `bf16_dot` says whether the bf16
+    /// dot-product tiles run (see [`uses_bf16_dot`]).
+    fn new<T: Element>(head_dim: usize, bf16_dot: bool) -> Self {
+        let converted_len = if T::as_f32_slice(&[]).is_some() || bf16_dot {
             0
         } else {
             BLOCK_KV * head_dim
         };
-        let pairs_len = if T::as_bf16_slice(&[]).is_some() {
-            head_dim.div_ceil(2) * 2 * BLOCK_Q
+        let (q_pairs_len, v_pairs_len) = if bf16_dot {
+            (
+                head_dim.div_ceil(2) * 2 * BLOCK_Q,
+                BLOCK_KV.div_ceil(2) * 2 * head_dim,
+            )
         } else {
-            0
+            (0, 0)
         };
         Self {
             qt: vec![0.0; head_dim * BLOCK_Q],
-            qp: vec![bf16::ZERO; pairs_len],
+            qp: vec![bf16::ZERO; q_pairs_len],
+            vp: vec![bf16::ZERO; v_pairs_len],
             row: vec![0.0; head_dim],
             k: vec![0.0; converted_len],
             v: vec![0.0; converted_len],
@@ -156,8 +166,9 @@ fn run_tasks<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(simd: S, call: &Call<
         total += call.dims.n_heads * seq.q_len.div_ceil(BLOCK_Q);
     }
     let head_dim = call.dims.head_dim;
+    let bf16_dot = uses_bf16_dot::<S, T>(simd);
     (0..total).into_par_iter().for_each_init(
-        || Scratch::new::<T>(head_dim),
+        || Scratch::new::<T>(head_dim, bf16_dot),
         |scratch, task| {
             // `first_task[0] = 0 <= task`, so the partition point is at least 1.
             let batch_idx = first_task.partition_point(|&first| first <= task) - 1;
@@ -172,6 +183,13 @@ fn run_tasks<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(simd: S, call: &Call<
             process_block(simd, call, seq, block, scratch);
         },
     );
+}
+
+/// Returns true when bf16 inputs run on the bf16 dot-product tiles: q, k and v are
+/// stored as bf16 and `simd` has native bf16 dot products. Everything else widens the
+/// inputs to f32.
+fn uses_bf16_dot<S: Simd, T: Element>(simd: S) -> bool {
+    simd.has_bf16_dot() && T::as_bf16_slice(&[]).is_some()
 }
 
 /// The queries one task computes: `BLOCK_Q` (or fewer, at the end) rows of one head.
@@ -202,6 +220,7 @@ fn process_block<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(
     let Scratch {
         qt,
         qp,
+        vp,
         row: q_row,
         k: k_converted,
         v: v_converted,
@@ -211,7 +230,7 @@ fn process_block<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(
         l,
         correction,
     } = scratch;
-    let bf16_dot = simd.has_bf16_dot() && T::as_bf16_slice(&[]).is_some();
+    let bf16_dot = uses_bf16_dot::<S, T>(simd);
 
     // Load the queries transposed, qt[d][i] (or in bf16 pairs, qp[d / 2][i][d % 2]),
     // zero-padded to BLOCK_Q queries and, for the pairs, an even head_dim.
@@ -312,24 +331,29 @@ fn process_block<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(
             }
         }
 
-        // O += P V, reading f32 values in place.
+        // O += P V: with bf16 dot products, P rounded to bf16 times the values packed
+        // in key pairs; otherwise in f32, reading f32 values in place.
         let v_base =
             seq.v_start + kv_start * t.v_strides.seq_stride + kv_head_idx * t.v_strides.head_stride;
-        let (v_rows, v_row_stride) = rows_as_f32(
-            &t.v[v_base..],
-            t.v_strides.seq_stride,
-            cols,
-            head_dim,
-            v_converted,
-        );
-        simd.pv_tile(
-            st,
-            v_rows,
-            v_row_stride,
-            cols,
-            head_dim,
-            &mut o[..rows * head_dim],
-        );
+        let v_stride = t.v_strides.seq_stride;
+        match T::as_bf16_slice(&t.v[v_base..]) {
+            Some(v_bf16) if bf16_dot => {
+                simd.pack_v_bf16(v_bf16, v_stride, cols, head_dim, vp);
+                simd.pv_tile_bf16(st, vp, cols, head_dim, &mut o[..rows * head_dim]);
+            }
+            _ => {
+                let (v_rows, v_row_stride) =
+                    rows_as_f32(&t.v[v_base..], v_stride, cols, head_dim, v_converted);
+                simd.pv_tile(
+                    st,
+                    v_rows,
+                    v_row_stride,
+                    cols,
+                    head_dim,
+                    &mut o[..rows * head_dim],
+                );
+            }
+        }
     }
 
     write_rows(call, seq, block, rows, scratch);

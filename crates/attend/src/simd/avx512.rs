@@ -9,12 +9,15 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::{
-    pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q,
+    pack_v_bf16_cols, pv_tile_bf16_shape, pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed,
+    softmax_tile_cols, Isa, Simd, TILE_KV, TILE_Q,
 };
 
-/// The token for AVX-512 Foundation code, noting whether AVX512_BF16 is present too.
+/// The token for AVX-512 Foundation code, noting whether the bf16 tiles can run too.
 #[derive(Debug, Clone, Copy)]
 pub struct Avx512 {
+    /// AVX512_BF16 for `vdpbf16ps` and `vcvtne2ps2bf16`, with AVX512BW and AVX512VL for
+    /// the 16-bit shuffles and masked loads that pack bf16 pairs.
     bf16: bool,
 }
 
@@ -22,7 +25,9 @@ impl Avx512 {
     /// Returns the token when this CPU supports AVX-512 Foundation.
     pub fn new() -> Option<Self> {
         is_x86_feature_detected!("avx512f").then(|| Self {
-            bf16: is_x86_feature_detected!("avx512bf16"),
+            bf16: is_x86_feature_detected!("avx512bf16")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl"),
         })
     }
 }
@@ -146,6 +151,45 @@ impl Simd for Avx512 {
                 head_dim,
                 scale,
                 st.as_mut_ptr(),
+            )
+        }
+    }
+
+    fn pack_v_bf16(
+        self,
+        v: &[bf16],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        vp: &mut [bf16],
+    ) {
+        if !self.bf16 {
+            return super::portable::pack_v_bf16(v, v_row_stride, cols, head_dim, vp);
+        }
+        let cols = pack_v_bf16_cols(v, v_row_stride, cols, head_dim, vp);
+        // SAFETY: the token proves avx512f and, with `self.bf16`, avx512bw and avx512vl;
+        // `pack_v_bf16_cols` guarantees `v` has `cols` rows of `head_dim` at
+        // `v_row_stride` and `vp` contains `ceil(cols / 2) * 2 * head_dim` elements.
+        unsafe { pack_v_bf16(v.as_ptr(), v_row_stride, cols, head_dim, vp.as_mut_ptr()) }
+    }
+
+    fn pv_tile_bf16(self, pt: &[f32], vp: &[bf16], cols: usize, head_dim: usize, o: &mut [f32]) {
+        if !self.bf16 {
+            return super::portable::pv_tile_bf16(pt, vp, cols, head_dim, o);
+        }
+        let (rows, cols) = pv_tile_bf16_shape(pt, vp, cols, head_dim, o);
+        // SAFETY: the token proves avx512f and, with `self.bf16`, avx512bw and
+        // avx512bf16; `pv_tile_bf16_shape` guarantees `cols <= TILE_KV`, `pt` holds
+        // `cols * TILE_Q` elements, `vp` contains `ceil(cols / 2) * 2 * head_dim`, and `o`
+        // contains `rows * head_dim` elements with `rows <= TILE_Q`.
+        unsafe {
+            pv_tile_bf16(
+                pt.as_ptr(),
+                vp.as_ptr(),
+                cols,
+                head_dim,
+                o.as_mut_ptr(),
+                rows,
             )
         }
     }
@@ -640,8 +684,40 @@ unsafe fn pv_tile(
     o: *mut f32,
     rows: usize,
 ) {
-    // Walk head_dim in chunks of up to 4 vectors; the last vector of the last chunk
-    // is masked when head_dim is not a multiple of 16.
+    let tile = ValueTile {
+        pt,
+        v,
+        v_row_stride,
+        cols,
+        o,
+        head_dim,
+    };
+    walk_output(tile, rows, head_dim);
+}
+
+/// A micro-kernel that accumulates `ROWS` rows of a `[rows, head_dim]` output over
+/// `VECTORS * 16` columns of head_dim.
+trait OutputKernel: Copy {
+    /// Accumulates output rows `row..row + ROWS` at head_dim columns `d0..`; the last of
+    /// the `VECTORS` vectors covers only the lanes of `last_mask`.
+    ///
+    /// # Safety
+    /// The instruction sets the implementation enables must be available, and the rows
+    /// and columns must lie inside the tile that its pointers describe.
+    unsafe fn accumulate<const ROWS: usize, const VECTORS: usize>(
+        self,
+        row: usize,
+        d0: usize,
+        last_mask: __mmask16,
+    );
+}
+
+/// Runs `kernel` over `rows` output rows and `head_dim` columns, in blocks of 6, 4 or 1
+/// rows by up to 4 vectors (64 columns); the last vector of a row is masked when
+/// head_dim is not a multiple of 16.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn walk_output<K: OutputKernel>(kernel: K, rows: usize, head_dim: usize) {
     let mut d0 = 0;
     while d0 < head_dim {
         let width = (head_dim - d0).min(4 * LANES);
@@ -656,28 +732,19 @@ unsafe fn pv_tile(
             } else {
                 1
             };
-            let chunk = ValueChunk {
-                pt: pt.add(row),
-                v: v.add(d0),
-                v_row_stride,
-                cols,
-                o: o.add(row * head_dim + d0),
-                o_row_stride: head_dim,
-                last_mask,
-            };
             match (step, vectors) {
-                (6, 1) => pv_rows::<6, 1>(chunk),
-                (6, 2) => pv_rows::<6, 2>(chunk),
-                (6, 3) => pv_rows::<6, 3>(chunk),
-                (6, _) => pv_rows::<6, 4>(chunk),
-                (4, 1) => pv_rows::<4, 1>(chunk),
-                (4, 2) => pv_rows::<4, 2>(chunk),
-                (4, 3) => pv_rows::<4, 3>(chunk),
-                (4, _) => pv_rows::<4, 4>(chunk),
-                (_, 1) => pv_rows::<1, 1>(chunk),
-                (_, 2) => pv_rows::<1, 2>(chunk),
-                (_, 3) => pv_rows::<1, 3>(chunk),
-                (_, _) => pv_rows::<1, 4>(chunk),
+                (6, 1) => kernel.accumulate::<6, 1>(row, d0, last_mask),
+                (6, 2) => kernel.accumulate::<6, 2>(row, d0, last_mask),
+                (6, 3) => kernel.accumulate::<6, 3>(row, d0, last_mask),
+                (6, _) => kernel.accumulate::<6, 4>(row, d0, last_mask),
+                (4, 1) => kernel.accumulate::<4, 1>(row, d0, last_mask),
+                (4, 2) => kernel.accumulate::<4, 2>(row, d0, last_mask),
+                (4, 3) => kernel.accumulate::<4, 3>(row, d0, last_mask),
+                (4, _) => kernel.accumulate::<4, 4>(row, d0, last_mask),
+                (_, 1) => kernel.accumulate::<1, 1>(row, d0, last_mask),
+                (_, 2) => kernel.accumulate::<1, 2>(row, d0, last_mask),
+                (_, 3) => kernel.accumulate::<1, 3>(row, d0, last_mask),
+                (_, _) => kernel.accumulate::<1, 4>(row, d0, last_mask),
             }
             row += step;
         }
@@ -685,55 +752,216 @@ unsafe fn pv_tile(
     }
 }
 
-/// One block of a value tile product: pointers already offset to its first row and
-/// head_dim column.
+/// Returns the mask of vector `c` of `VECTORS`: all lanes but in the last vector.
+#[inline]
+fn vector_mask<const VECTORS: usize>(c: usize, last_mask: __mmask16) -> __mmask16 {
+    if c + 1 == VECTORS {
+        last_mask
+    } else {
+        0xFFFF
+    }
+}
+
+/// Loads `ROWS` output rows of `VECTORS` vectors from `o`, rows `o_row_stride` apart;
+/// the last vector of each row loads only the lanes of `last_mask` (the others are 0).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_output<const ROWS: usize, const VECTORS: usize>(
+    o: *const f32,
+    o_row_stride: usize,
+    last_mask: __mmask16,
+) -> [[__m512; VECTORS]; ROWS] {
+    let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
+    for (r, acc_row) in acc.iter_mut().enumerate() {
+        for (c, acc) in acc_row.iter_mut().enumerate() {
+            let mask = vector_mask::<VECTORS>(c, last_mask);
+            *acc = _mm512_maskz_loadu_ps(mask, o.add(r * o_row_stride + c * LANES));
+        }
+    }
+    acc
+}
+
+/// Stores the rows that [`load_output`] loaded, under the same masks.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_output<const ROWS: usize, const VECTORS: usize>(
+    acc: &[[__m512; VECTORS]; ROWS],
+    o: *mut f32,
+    o_row_stride: usize,
+    last_mask: __mmask16,
+) {
+    for (r, acc_row) in acc.iter().enumerate() {
+        for (c, acc) in acc_row.iter().enumerate() {
+            let mask = vector_mask::<VECTORS>(c, last_mask);
+            _mm512_mask_storeu_ps(o.add(r * o_row_stride + c * LANES), mask, *acc);
+        }
+    }
+}
+
+/// An f32 value tile product `o += pt^T v`, with the shapes of [`Simd::pv_tile`].
 #[derive(Clone, Copy)]
-struct ValueChunk {
+struct ValueTile {
     pt: *const f32,
     v: *const f32,
     v_row_stride: usize,
     cols: usize,
     o: *mut f32,
-    o_row_stride: usize,
-    last_mask: __mmask16,
+    head_dim: usize,
 }
 
-/// Accumulates `ROWS` output rows over `VECTORS * 16` columns of head_dim.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(chunk: ValueChunk) {
-    let ValueChunk {
-        pt,
-        v,
-        v_row_stride,
-        cols,
-        o,
-        o_row_stride,
-        last_mask,
-    } = chunk;
-    let mask = |c: usize| if c + 1 == VECTORS { last_mask } else { 0xFFFF };
-    let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
-    for (row, acc_row) in acc.iter_mut().enumerate() {
-        for (c, acc) in acc_row.iter_mut().enumerate() {
-            *acc = _mm512_maskz_loadu_ps(mask(c), o.add(row * o_row_stride + c * LANES));
-        }
-    }
-    for kv in 0..cols {
-        let v_row = v.add(kv * v_row_stride);
-        let mut values = [_mm512_setzero_ps(); VECTORS];
-        for (c, value) in values.iter_mut().enumerate() {
-            *value = _mm512_maskz_loadu_ps(mask(c), v_row.add(c * LANES));
-        }
-        for (row, acc_row) in acc.iter_mut().enumerate() {
-            let weight = _mm512_set1_ps(*pt.add(kv * TILE_Q + row));
-            for (acc, value) in acc_row.iter_mut().zip(values) {
-                *acc = _mm512_fmadd_ps(weight, value, *acc);
+impl OutputKernel for ValueTile {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn accumulate<const ROWS: usize, const VECTORS: usize>(
+        self,
+        row: usize,
+        d0: usize,
+        last_mask: __mmask16,
+    ) {
+        let o = self.o.add(row * self.head_dim + d0);
+        let mask = |c: usize| vector_mask::<VECTORS>(c, last_mask);
+        let mut acc = load_output::<ROWS, VECTORS>(o, self.head_dim, last_mask);
+        for kv in 0..self.cols {
+            let v_row = self.v.add(kv * self.v_row_stride + d0);
+            let mut values = [_mm512_setzero_ps(); VECTORS];
+            for (c, value) in values.iter_mut().enumerate() {
+                *value = _mm512_maskz_loadu_ps(mask(c), v_row.add(c * LANES));
+            }
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                let weight = _mm512_set1_ps(*self.pt.add(kv * TILE_Q + row + r));
+                for (acc, value) in acc_row.iter_mut().zip(values) {
+                    *acc = _mm512_fmadd_ps(weight, value, *acc);
+                }
             }
         }
+        store_output(&acc, o, self.head_dim, last_mask);
     }
-    for (row, acc_row) in acc.iter().enumerate() {
-        for (c, acc) in acc_row.iter().enumerate() {
-            _mm512_mask_storeu_ps(o.add(row * o_row_stride + c * LANES), mask(c), *acc);
+}
+
+/// Returns the `vpermw` index that interleaves the two 16-word halves of a vector:
+/// output words `2i` and `2i + 1` are input words `i` and `16 + i`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_halves_index() -> __m512i {
+    let mut index = [0u16; 2 * LANES];
+    for i in 0..LANES {
+        index[2 * i] = i as u16;
+        index[2 * i + 1] = (LANES + i) as u16;
+    }
+    _mm512_loadu_si512(index.as_ptr().cast())
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn pack_v_bf16(
+    v: *const bf16,
+    v_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    vp: *mut bf16,
+) {
+    let index = interleave_halves_index();
+    for pair in 0..cols.div_ceil(2) {
+        let first = v.add(2 * pair * v_row_stride);
+        let has_second = 2 * pair + 1 < cols;
+        let packed = vp.add(pair * 2 * head_dim);
+        for d in (0..head_dim).step_by(LANES) {
+            let mask = lane_mask((head_dim - d).min(LANES));
+            let low = _mm256_maskz_loadu_epi16(mask, first.add(d).cast());
+            let high = if has_second {
+                _mm256_maskz_loadu_epi16(mask, first.add(v_row_stride + d).cast())
+            } else {
+                _mm256_setzero_si256()
+            };
+            // Lane d of the result holds (v[2 pair][d], v[2 pair + 1][d]), low half first.
+            let halves = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high);
+            let pairs = _mm512_permutexvar_epi16(index, halves);
+            _mm512_mask_storeu_epi32(packed.add(2 * d).cast(), mask, pairs);
         }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pv_tile_bf16(
+    pt: *const f32,
+    vp: *const bf16,
+    cols: usize,
+    head_dim: usize,
+    o: *mut f32,
+    rows: usize,
+) {
+    // Round the probabilities to bf16 in pairs of keys: `pp[pair * TILE_Q + i]` holds
+    // (p[2 pair][i], p[2 pair + 1][i]) as one 32-bit lane, low half first, and 0 for
+    // the missing key of an odd `cols`. The rows past `rows` are converted but unused.
+    let mut pp = [0u32; TILE_KV / 2 * TILE_Q];
+    let index = interleave_halves_index();
+    for pair in 0..cols.div_ceil(2) {
+        for c in 0..TILE_VECTORS {
+            let first = _mm512_loadu_ps(pt.add(2 * pair * TILE_Q + c * LANES));
+            let second = if 2 * pair + 1 < cols {
+                _mm512_loadu_ps(pt.add((2 * pair + 1) * TILE_Q + c * LANES))
+            } else {
+                _mm512_setzero_ps()
+            };
+            // Words 0..16 are `first` and 16..32 `second`, rounded to nearest even.
+            let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(second, first));
+            _mm512_storeu_si512(
+                pp.as_mut_ptr().add(pair * TILE_Q + c * LANES).cast(),
+                _mm512_permutexvar_epi16(index, halves),
+            );
+        }
+    }
+
+    let tile = PairTile {
+        pp: pp.as_ptr(),
+        vp,
+        pairs: cols.div_ceil(2),
+        o,
+        head_dim,
+    };
+    walk_output(tile, rows, head_dim);
+}
+
+/// A bf16 value tile product: probabilities and values both in key pairs, the
+/// probabilities as `[pairs, TILE_Q]` 32-bit lanes and the values as `[pairs,
+/// head_dim, 2]` (see [`Simd::pack_v_bf16`]).
+#[derive(Clone, Copy)]
+struct PairTile {
+    pp: *const u32,
+    vp: *const bf16,
+    pairs: usize,
+    o: *mut f32,
+    head_dim: usize,
+}
+
+impl OutputKernel for PairTile {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn accumulate<const ROWS: usize, const VECTORS: usize>(
+        self,
+        row: usize,
+        d0: usize,
+        last_mask: __mmask16,
+    ) {
+        let o = self.o.add(row * self.head_dim + d0);
+        let mask = |c: usize| vector_mask::<VECTORS>(c, last_mask);
+        let mut acc = load_output::<ROWS, VECTORS>(o, self.head_dim, last_mask);
+        for pair in 0..self.pairs {
+            // Lane d of vector c: (v[2 pair][d0 + 16c + d], v[2 pair + 1][...]); masked
+            // lanes load 0 and add nothing.
+            let vp_row = self.vp.add(pair * 2 * self.head_dim + 2 * d0);
+            let mut values = [_mm512_setzero_si512(); VECTORS];
+            for (c, value) in values.iter_mut().enumerate() {
+                *value = _mm512_maskz_loadu_epi32(mask(c), vp_row.add(c * 2 * LANES).cast());
+            }
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                let weights = _mm512_set1_epi32(*self.pp.add(pair * TILE_Q + row + r) as i32);
+                let weights: __m512bh = std::mem::transmute(weights);
+                for (acc, value) in acc_row.iter_mut().zip(values) {
+                    let values: __m512bh = std::mem::transmute(value);
+                    *acc = _mm512_dpbf16_ps(*acc, weights, values);
+                }
+            }
+        }
+        store_output(&acc, o, self.head_dim, last_mask);
     }
 }

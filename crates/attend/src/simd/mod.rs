@@ -73,6 +73,21 @@ impl Isa {
         }
     }
 
+    /// Returns true when bf16 attention on this instruction set uses the CPU's bf16
+    /// dot-product instructions (AVX512_BF16 on [`Isa::Avx512`]); false when this CPU
+    /// lacks them or cannot run the instruction set at all. That path rounds the softmax
+    /// probabilities to bf16 before their product with V.
+    pub fn has_bf16_dot(self) -> bool {
+        struct Op;
+        impl SimdOp for Op {
+            type Output = bool;
+            fn run<S: Simd>(self, simd: S) -> bool {
+                simd.has_bf16_dot()
+            }
+        }
+        try_dispatch(self, Op).unwrap_or(false)
+    }
+
     /// Returns the lower-case name used in benchmark output.
     pub fn name(self) -> &'static str {
         match self {
@@ -145,8 +160,9 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
         st: &mut [f32],
     );
 
-    /// Returns true when [`Simd::qk_tile_bf16`] uses native bf16 dot-product
-    /// instructions (AVX512_BF16 `vdpbf16ps`), so bf16 inputs should take that path.
+    /// Returns true when [`Simd::qk_tile_bf16`], [`Simd::pack_v_bf16`] and
+    /// [`Simd::pv_tile_bf16`] use native bf16 instructions (AVX512_BF16 `vdpbf16ps`), so
+    /// bf16 inputs should take that path. The other tokens run them in plain Rust.
     fn has_bf16_dot(self) -> bool {
         false
     }
@@ -171,6 +187,36 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
         st: &mut [f32],
     ) {
         portable::qk_tile_bf16(qp, k, k_row_stride, cols, head_dim, scale, st)
+    }
+
+    /// Packs bf16 value rows for [`Simd::pv_tile_bf16`] in pairs of consecutive keys,
+    /// interleaved along head_dim: `vp[j / 2][d][j % 2] = v[j * v_row_stride + d]`. When
+    /// `cols` is odd, the second half of the last pair is zero.
+    ///
+    /// # Shapes
+    /// Value row `j < cols` at `v[j * v_row_stride..][..head_dim]`, `vp: [ceil(cols / 2),
+    /// head_dim, 2]`, `cols <= TILE_KV`. Short slices shrink `cols` to the rows that fit.
+    fn pack_v_bf16(
+        self,
+        v: &[bf16],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        vp: &mut [bf16],
+    ) {
+        portable::pack_v_bf16(v, v_row_stride, cols, head_dim, vp)
+    }
+
+    /// Accumulates `o[i][d] += sum_j bf16(pt[j][i]) * v[j][d]` for `j < cols`: each
+    /// probability is rounded to bf16 (to nearest even) as GPU FlashAttention does for
+    /// 16-bit inputs, and products and sums are f32.
+    ///
+    /// # Shapes
+    /// `pt: [cols, TILE_Q]`, `vp: [ceil(cols / 2), head_dim, 2]` as written by
+    /// [`Simd::pack_v_bf16`], `o: [rows, head_dim]` with `rows = o.len() / head_dim <=
+    /// TILE_Q`. Short slices shrink `cols` and `rows` to what fits.
+    fn pv_tile_bf16(self, pt: &[f32], vp: &[bf16], cols: usize, head_dim: usize, o: &mut [f32]) {
+        portable::pv_tile_bf16(pt, vp, cols, head_dim, o)
     }
 
     /// Runs one online-softmax step over the key axis of a transposed score tile.
@@ -270,6 +316,40 @@ fn pv_tile_shape(
     }
     let cols =
         strided_rows(v.len(), v_row_stride, cols.min(TILE_KV), head_dim).min(pt.len() / TILE_Q);
+    let rows = (o.len() / head_dim).min(TILE_Q);
+    (rows, cols)
+}
+
+/// Returns the key rows of a bf16 value block that fit both `v` and `vp`.
+#[inline]
+fn pack_v_bf16_cols(
+    v: &[bf16],
+    v_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    vp: &[bf16],
+) -> usize {
+    if head_dim == 0 {
+        return 0;
+    }
+    let packed_rows = 2 * (vp.len() / (2 * head_dim));
+    strided_rows(v.len(), v_row_stride, cols.min(TILE_KV), head_dim).min(packed_rows)
+}
+
+/// Returns `(rows, cols)` that fit every slice of a bf16 pv tile.
+#[inline]
+fn pv_tile_bf16_shape(
+    pt: &[f32],
+    vp: &[bf16],
+    cols: usize,
+    head_dim: usize,
+    o: &[f32],
+) -> (usize, usize) {
+    if head_dim == 0 {
+        return (0, 0);
+    }
+    let packed_rows = 2 * (vp.len() / (2 * head_dim));
+    let cols = cols.min(TILE_KV).min(pt.len() / TILE_Q).min(packed_rows);
     let rows = (o.len() / head_dim).min(TILE_Q);
     (rows, cols)
 }

@@ -3,7 +3,8 @@
 use half::{bf16, f16};
 
 use super::{
-    pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q,
+    pack_v_bf16_cols, pv_tile_bf16_shape, pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed,
+    softmax_tile_cols, Isa, Simd, TILE_Q,
 };
 
 /// The token for plain Rust code; always available.
@@ -173,6 +174,50 @@ pub(super) fn qk_tile_bf16(
         }
         for acc in st_row.iter_mut() {
             *acc *= scale;
+        }
+    }
+}
+
+/// Packs bf16 value rows in key pairs in plain Rust; every token without bf16 dot
+/// products uses it.
+pub(super) fn pack_v_bf16(
+    v: &[bf16],
+    v_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    vp: &mut [bf16],
+) {
+    let cols = pack_v_bf16_cols(v, v_row_stride, cols, head_dim, vp);
+    for (pair, packed) in vp
+        .chunks_exact_mut(2 * head_dim)
+        .take(cols.div_ceil(2))
+        .enumerate()
+    {
+        for half in 0..2 {
+            let col = 2 * pair + half;
+            for d in 0..head_dim {
+                packed[2 * d + half] = if col < cols {
+                    v[col * v_row_stride + d]
+                } else {
+                    bf16::ZERO
+                };
+            }
+        }
+    }
+}
+
+/// Computes a bf16 value tile in plain Rust; every token without bf16 dot products
+/// uses it.
+pub(super) fn pv_tile_bf16(pt: &[f32], vp: &[bf16], cols: usize, head_dim: usize, o: &mut [f32]) {
+    let (rows, cols) = pv_tile_bf16_shape(pt, vp, cols, head_dim, o);
+    for row in 0..rows {
+        let o_row = &mut o[row * head_dim..][..head_dim];
+        for col in 0..cols {
+            let weight = bf16::from_f32(pt[col * TILE_Q + row]).to_f32();
+            let packed = &vp[(col / 2) * 2 * head_dim..][..2 * head_dim];
+            for (d, acc) in o_row.iter_mut().enumerate() {
+                *acc += weight * packed[2 * d + col % 2].to_f32();
+            }
         }
     }
 }

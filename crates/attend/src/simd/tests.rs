@@ -118,6 +118,16 @@ impl SimdOp for TilePrimitives {
                         let mut o = values(rows * head_dim, 6);
                         simd.pv_tile(&st, &v, row_stride, cols, head_dim, &mut o);
                         results.extend(&o);
+
+                        // The same product with P rounded to bf16 and bf16 values in
+                        // key pairs; NaN in the buffer shows any pair left unwritten.
+                        let v_bf16: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+                        let mut vp = vec![bf16::NAN; cols.div_ceil(2) * 2 * head_dim];
+                        simd.pack_v_bf16(&v_bf16, row_stride, cols, head_dim, &mut vp);
+                        results.extend(vp.iter().map(|x| x.to_f32()));
+                        let mut o = values(rows * head_dim, 6);
+                        simd.pv_tile_bf16(&st, &vp, cols, head_dim, &mut o);
+                        results.extend(&o);
                     }
                 }
             }
@@ -262,6 +272,20 @@ fn free_functions_use_detected_isa() {
     // Zip semantics: the shorter slice sets the length.
     assert_eq!(dot(&a[..3], &b), dot(&a[..3], &b[..3]));
     assert_eq!(max(&[]), f32::NEG_INFINITY);
+}
+
+#[test]
+fn bf16_dot_follows_cpu_features() {
+    assert!(!Isa::Portable.has_bf16_dot());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let expected = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bf16")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl");
+        assert_eq!(Isa::Avx512.has_bf16_dot(), expected);
+        assert!(!Isa::Avx2Fma.has_bf16_dot());
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use attend::{BshdShape, BshdStrides, Element, Isa};
+use attend::{BshdShape, BshdStrides, DType, Element, Isa};
 use proptest::prelude::*;
 
 /// A BSHD tensor stored with optional padding between heads, rows and batches.
@@ -141,6 +141,27 @@ pub const F32_UNIT_ROUNDOFF: f64 = 5.960_464_477_539_063e-8;
 pub fn tolerance(head_dim: usize, kv_len: usize) -> f64 {
     8.0 * F32_UNIT_ROUNDOFF * (head_dim + kv_len + 64) as f64
 }
+
+/// Returns the absolute output tolerance for storage type `T` on `isa`.
+///
+/// With bf16 inputs on an instruction set with bf16 dot products, the kernel rounds each
+/// softmax weight `p_k` to bf16 before the product with V, as GPU FlashAttention casts P
+/// to the input type. bf16 keeps 8 significant bits, so rounding to nearest changes a
+/// weight by a relative error `|e_k| <= 2^-8`. The denominator `l = sum_k p_k` is summed
+/// from the unrounded weights, so the output moves by `sum_k p_k e_k v_k / l`, at most
+/// `2^-8 * max |v_k|`, and the test values lie in [-1, 1]. The log-sum-exp does not
+/// change and keeps [`tolerance`].
+pub fn out_tolerance<T: Element>(isa: Isa, head_dim: usize, kv_len: usize) -> f64 {
+    let f32_tolerance = tolerance(head_dim, kv_len);
+    if T::DTYPE == DType::BF16 && isa.has_bf16_dot() {
+        f32_tolerance + BF16_UNIT_ROUNDOFF
+    } else {
+        f32_tolerance
+    }
+}
+
+/// Unit roundoff of bf16, 2^-8.
+pub const BF16_UNIT_ROUNDOFF: f64 = 1.0 / 256.0;
 
 /// Asserts that every element matches, treating equal infinities as equal.
 pub fn assert_close(what: &str, got: &[f32], expected: &[f64], tolerance: f64) {
