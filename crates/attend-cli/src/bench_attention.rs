@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use attend::{attention, attention_reference, AttentionParams, Bshd, BshdMut, Element, Isa};
+use attend::{attention, attention_reference, AttentionParams, Bshd, BshdMut, DType, Element, Isa};
 use clap::{Args, ValueEnum};
 use half::{bf16, f16};
 
@@ -279,12 +279,16 @@ fn run_typed<T: Element>(
     let threads = rayon::current_num_threads();
     let isa = params.isa.map_or("auto", Isa::name);
     let kernel = if args.oracle { "oracle-f64" } else { "flash" };
+    // Whether the kernel ran its block products on bf16 dot-product instructions.
+    let bf16_dot =
+        !args.oracle && T::DTYPE == DType::BF16 && params.isa.is_some_and(Isa::has_bf16_dot);
 
     if args.json {
         let mut object = serde_json::json!({
             "kernel": kernel,
             "dtype": T::DTYPE.name(),
             "isa": isa,
+            "bf16_dot": bf16_dot,
             "threads": threads,
             "batch": batch,
             "q_len": q_len,
@@ -306,7 +310,7 @@ fn run_typed<T: Element>(
         println!("{object}");
     } else {
         println!(
-            "{kernel} {} isa={isa} threads={threads} batch={batch} q_len={q_len} kv_len={kv_len} heads={heads}/{kv_heads} head_dim={head_dim} causal={} window={:?}",
+            "{kernel} {} isa={isa} bf16_dot={bf16_dot} threads={threads} batch={batch} q_len={q_len} kv_len={kv_len} heads={heads}/{kv_heads} head_dim={head_dim} causal={} window={:?}",
             T::DTYPE.name(),
             args.causal,
             params.window.0,

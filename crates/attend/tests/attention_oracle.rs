@@ -159,9 +159,9 @@ proptest! {
     }
 }
 
-/// bf16 on every instruction set of this CPU (the bf16 dot-product tiles where the CPU
-/// has them) over head dims that leave a pair or a vector half full, and key counts
-/// that end a tile with an odd number of keys or one short of a full tile.
+/// Runs bf16 on the portable and the detected instruction set, which takes the bf16
+/// dot-product tiles where the CPU has them. The head dims leave a pair or a vector
+/// partly filled, and the key counts end a tile with an odd number of keys.
 #[test]
 fn bf16_tile_tails_match_oracle() {
     for isa in [Isa::Portable, Isa::detect()] {

@@ -12,6 +12,11 @@
 //!
 //! and at the end `out = O / l`, `lse = m + ln(l)`. The invariant after each key block
 //! is `O = sum_k exp(s_k - m) v_k` and `l = sum_k exp(s_k - m)` over the keys seen.
+//!
+//! With bf16 storage on a CPU with bf16 dot products, both block products run on them:
+//! `Q_i K_j^T` from bf16 pairs, and `P V_j` with `P` rounded to bf16 and `V_j` repacked
+//! into key pairs for each block. `l` sums the unrounded `P`, so the output moves by at
+//! most `2^-8 * max |v|` against f32 arithmetic; `m`, `l` and `lse` stay f32.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -77,7 +82,7 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// Allocates the buffers for `head_dim`; `bf16_dot` says whether the bf16
+    /// Allocates the buffers for `head_dim`. `bf16_dot` is true when the bf16
     /// dot-product tiles run (see [`uses_bf16_dot`]).
     fn new<T: Element>(head_dim: usize, bf16_dot: bool) -> Self {
         let converted_len = if T::as_f32_slice(&[]).is_some() || bf16_dot {

@@ -13,6 +13,13 @@
 //! and run in parallel with rayon. Each task walks the key blocks of [`BLOCK_KV`] keys
 //! in order on one thread, so the result does not depend on the number of threads.
 //! Extra memory is a few tiles per thread, independent of the sequence lengths.
+//!
+//! Arithmetic is f32 whatever the storage type, with one exception. bf16 inputs on a
+//! CPU with AVX512_BF16 ([`Isa::has_bf16_dot`]) use `vdpbf16ps` for both block products.
+//! They round the softmax probabilities to bf16 before the product with V, as
+//! FlashAttention-2's CUDA forward kernel converts P to the input type. That rounding
+//! moves each output element by at most `2^-8` times the largest `|v|`, and the
+//! log-sum-exp is unaffected.
 
 mod kernel;
 

@@ -167,9 +167,9 @@ impl Simd for Avx512 {
             return super::portable::pack_v_bf16(v, v_row_stride, cols, head_dim, vp);
         }
         let cols = pack_v_bf16_cols(v, v_row_stride, cols, head_dim, vp);
-        // SAFETY: the token proves avx512f and, with `self.bf16`, avx512bw and avx512vl;
-        // `pack_v_bf16_cols` guarantees `v` has `cols` rows of `head_dim` at
-        // `v_row_stride` and `vp` contains `ceil(cols / 2) * 2 * head_dim` elements.
+        // SAFETY: the token proves avx512f and, with `self.bf16`, avx512bw and avx512vl.
+        // `pack_v_bf16_cols` guarantees that `v` has `cols` rows of `head_dim` at
+        // `v_row_stride` and that `vp` contains `ceil(cols / 2) * 2 * head_dim` elements.
         unsafe { pack_v_bf16(v.as_ptr(), v_row_stride, cols, head_dim, vp.as_mut_ptr()) }
     }
 
@@ -179,9 +179,9 @@ impl Simd for Avx512 {
         }
         let (rows, cols) = pv_tile_bf16_shape(pt, vp, cols, head_dim, o);
         // SAFETY: the token proves avx512f and, with `self.bf16`, avx512bw and
-        // avx512bf16; `pv_tile_bf16_shape` guarantees `cols <= TILE_KV`, `pt` holds
-        // `cols * TILE_Q` elements, `vp` contains `ceil(cols / 2) * 2 * head_dim`, and `o`
-        // contains `rows * head_dim` elements with `rows <= TILE_Q`.
+        // avx512bf16. `pv_tile_bf16_shape` guarantees `cols <= TILE_KV` and `rows <=
+        // TILE_Q`, and that `pt` contains `cols * TILE_Q` elements, `vp` contains
+        // `ceil(cols / 2) * 2 * head_dim` and `o` contains `rows * head_dim`.
         unsafe {
             pv_tile_bf16(
                 pt.as_ptr(),
@@ -713,7 +713,7 @@ trait OutputKernel: Copy {
 }
 
 /// Runs `kernel` over `rows` output rows and `head_dim` columns, in blocks of 6, 4 or 1
-/// rows by up to 4 vectors (64 columns); the last vector of a row is masked when
+/// rows by up to 4 vectors (64 columns). The last vector of a row is masked when
 /// head_dim is not a multiple of 16.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -762,8 +762,9 @@ fn vector_mask<const VECTORS: usize>(c: usize, last_mask: __mmask16) -> __mmask1
     }
 }
 
-/// Loads `ROWS` output rows of `VECTORS` vectors from `o`, rows `o_row_stride` apart;
-/// the last vector of each row loads only the lanes of `last_mask` (the others are 0).
+/// Loads `ROWS` output rows of `VECTORS` vectors from `o`, rows `o_row_stride` apart.
+/// The last vector of each row loads only the lanes of `last_mask` and sets the others
+/// to 0.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn load_output<const ROWS: usize, const VECTORS: usize>(
@@ -872,7 +873,8 @@ unsafe fn pack_v_bf16(
             } else {
                 _mm256_setzero_si256()
             };
-            // Lane d of the result holds (v[2 pair][d], v[2 pair + 1][d]), low half first.
+            // Lane d of the result contains (v[2 pair][d], v[2 pair + 1][d]), low half
+            // first.
             let halves = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high);
             let pairs = _mm512_permutexvar_epi16(index, halves);
             _mm512_mask_storeu_epi32(packed.add(2 * d).cast(), mask, pairs);
@@ -889,9 +891,9 @@ unsafe fn pv_tile_bf16(
     o: *mut f32,
     rows: usize,
 ) {
-    // Round the probabilities to bf16 in pairs of keys: `pp[pair * TILE_Q + i]` holds
-    // (p[2 pair][i], p[2 pair + 1][i]) as one 32-bit lane, low half first, and 0 for
-    // the missing key of an odd `cols`. The rows past `rows` are converted but unused.
+    // Round the probabilities to bf16 in pairs of keys. `pp[pair * TILE_Q + i]` contains
+    // (p[2 pair][i], p[2 pair + 1][i]) as one 32-bit lane, low half first, with 0 for the
+    // missing key of an odd `cols`. The rows past `rows` are converted but unused.
     let mut pp = [0u32; TILE_KV / 2 * TILE_Q];
     let index = interleave_halves_index();
     for pair in 0..cols.div_ceil(2) {

@@ -74,9 +74,9 @@ impl Isa {
     }
 
     /// Returns true when bf16 attention on this instruction set uses the CPU's bf16
-    /// dot-product instructions (AVX512_BF16 on [`Isa::Avx512`]); false when this CPU
-    /// lacks them or cannot run the instruction set at all. That path rounds the softmax
-    /// probabilities to bf16 before their product with V.
+    /// dot-product instructions (AVX512_BF16 on [`Isa::Avx512`]). Returns false when this
+    /// CPU lacks them or cannot run the instruction set. The bf16 dot-product path rounds
+    /// the softmax probabilities to bf16 before their product with V.
     pub fn has_bf16_dot(self) -> bool {
         struct Op;
         impl SimdOp for Op {
@@ -208,8 +208,8 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
     }
 
     /// Accumulates `o[i][d] += sum_j bf16(pt[j][i]) * v[j][d]` for `j < cols`: each
-    /// probability is rounded to bf16 (to nearest even) as GPU FlashAttention does for
-    /// 16-bit inputs, and products and sums are f32.
+    /// probability is rounded to bf16 (to nearest even), as FlashAttention-2's CUDA
+    /// kernel converts P to the input type, and products and sums are f32.
     ///
     /// # Shapes
     /// `pt: [cols, TILE_Q]`, `vp: [ceil(cols / 2), head_dim, 2]` as written by

@@ -145,8 +145,8 @@ pub fn tolerance(head_dim: usize, kv_len: usize) -> f64 {
 /// Returns the absolute output tolerance for storage type `T` on `isa`.
 ///
 /// With bf16 inputs on an instruction set with bf16 dot products, the kernel rounds each
-/// softmax weight `p_k` to bf16 before the product with V, as GPU FlashAttention casts P
-/// to the input type. bf16 keeps 8 significant bits, so rounding to nearest changes a
+/// softmax weight `p_k` to bf16 before the product with V, as FlashAttention-2's CUDA
+/// kernel converts P to the input type. bf16 keeps 8 significant bits, so rounding to nearest changes a
 /// weight by a relative error `|e_k| <= 2^-8`. The denominator `l = sum_k p_k` is summed
 /// from the unrounded weights, so the output moves by `sum_k p_k e_k v_k / l`, at most
 /// `2^-8 * max |v_k|`, and the test values lie in [-1, 1]. The log-sum-exp does not
