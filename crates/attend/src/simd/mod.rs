@@ -209,7 +209,9 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
 
     /// Accumulates `o[i][d] += sum_j bf16(pt[j][i]) * v[j][d]` for `j < cols`: each
     /// probability is rounded to bf16 (to nearest even), as FlashAttention-2's CUDA
-    /// kernel converts P to the input type, and products and sums are f32.
+    /// kernel converts P to the input type, and products and sums are f32. On AVX512_BF16,
+    /// `vcvtne2ps2bf16` and `vdpbf16ps` treat subnormal inputs as zero and flush
+    /// subnormal results to zero (Intel SDM), which the plain Rust version does not.
     ///
     /// # Shapes
     /// `pt: [cols, TILE_Q]`, `vp: [ceil(cols / 2), head_dim, 2]` as written by
