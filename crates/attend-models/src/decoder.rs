@@ -407,12 +407,12 @@ impl Decoder {
         tokens: &[u32],
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        // A pass opens several parallel regions per layer. From a thread outside the
-        // rayon pool, each region would queue its tasks from outside and put the caller
-        // to sleep until the workers finish, two thread wake-ups per region, which for
-        // one token cost as much as the region's work. `scope` runs the pass on a pool
-        // thread (the current one when it is already in the pool), which takes part in
-        // every region.
+        // A pass opens several parallel regions per layer. Started from a thread outside
+        // the rayon pool, each region would queue its tasks from outside and put the
+        // caller to sleep until the workers finish. Those two thread wake-ups per region
+        // cost as much as the region's work for one token. `scope` runs the pass on a
+        // pool thread (the current one when it is already in the pool), which takes
+        // part in every region.
         rayon::scope(|_| self.forward_in_pool(session, tokens, logits))
     }
 

@@ -403,9 +403,9 @@ fn matvec_direct(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], 
 
 /// Computes rows `r0..r0 + out.len()` of the single-token product.
 fn matvec_rows(w: &QuantMatrix, acts: &QuantizedActivations, r0: usize, out: &mut [f32], isa: Isa) {
-    // Rows per kernel call, measured on Zen 4 (`attend bench matmul --tokens 1`):
-    // four rows share their activation loads, 1.1-1.25x faster for the 32-weight
-    // block types, while the 256-weight types decode more per step and run best alone.
+    // Rows per kernel call. Four rows share their activation loads, which made the
+    // 32-weight block types 1.1-1.25x faster on Zen 4 (`attend bench matmul`). The
+    // 256-weight types decode more per step and were no faster in groups.
     match w.ty.block_elems() {
         32 => matvec_row_groups::<4>(w, acts, r0, out, isa),
         _ => matvec_row_groups::<1>(w, acts, r0, out, isa),

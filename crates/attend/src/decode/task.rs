@@ -228,8 +228,8 @@ fn attend_tile<S: Simd>(
         .all(|range| range.contains(first) && range.contains(last));
 
     // Step 1: scores. The tile's K rows are converted to f32 once, and each kv head's
-    // rows are scored against all query rows of its group; then softcap, and -inf for
-    // hidden pairs.
+    // rows are scored against all query rows of its group. Then the softcap applies,
+    // and hidden pairs get -inf.
     let scores = &mut scratch.scores;
     let keys = f32_rows(simd, &tile.k, tile_len, dims, &mut scratch.converted);
     for kv_head in 0..n_kv_heads {

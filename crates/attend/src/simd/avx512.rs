@@ -124,7 +124,7 @@ impl Simd for Avx512 {
             s: s.as_mut_ptr(),
             s_row_stride,
         };
-        // SAFETY: the token proves avx512f; `qk_rows_shape` guarantees that `q` holds
+        // SAFETY: the token proves avx512f; `qk_rows_shape` guarantees that `q` contains
         // `rows * head_dim` elements, `k` has `cols` rows of `head_dim` at
         // `k_row_stride`, and row `r < rows` of `s` has `cols` elements at
         // `r * s_row_stride`.
@@ -904,7 +904,8 @@ unsafe fn sum_lanes_16(v: &[__m512; LANES]) -> __m512 {
             _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
         )
     });
-    // 8 -> 4: quarter q of quarters[i] holds 4 partial sums of key 4i + q.
+
+    // 8 -> 4: quarter q of quarters[i] contains 4 partial sums of key 4i + q.
     let quarters: [__m512; 4] = std::array::from_fn(|i| {
         let (a, b) = (halves[2 * i], halves[2 * i + 1]);
         _mm512_add_ps(
@@ -912,7 +913,8 @@ unsafe fn sum_lanes_16(v: &[__m512; LANES]) -> __m512 {
             _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
         )
     });
-    // 4 -> 2, within quarters: quarter q of pairs[i] holds 2 partial sums of key
+
+    // 4 -> 2, within quarters: quarter q of pairs[i] contains 2 partial sums of key
     // 8i + q, then 2 of key 8i + 4 + q.
     let pairs: [__m512; 2] = std::array::from_fn(|i| {
         let (a, b) = (quarters[2 * i], quarters[2 * i + 1]);
@@ -921,7 +923,9 @@ unsafe fn sum_lanes_16(v: &[__m512; LANES]) -> __m512 {
             _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
         )
     });
-    // 2 -> 1: lane 4q + m holds the sum of key 4m + q; the permutation puts key j in lane j.
+
+    // 2 -> 1: lane 4q + m contains the sum of key 4m + q. The permutation moves key j to
+    // lane j.
     let (a, b) = (pairs[0], pairs[1]);
     let sums = _mm512_add_ps(
         _mm512_shuffle_ps::<0b10_00_10_00>(a, b),

@@ -19,7 +19,7 @@ struct Step {
 
 /// `sum_c W[r, c] * x_hat[c]` for `R` consecutive rows of type `ty`.
 ///
-/// The rows share each step's activation loads and one final reduction; each row's
+/// The rows share each step's activation loads and one final reduction. Each row's
 /// sum is bit for bit the same whatever `R` is, so a product does not depend on how
 /// its rows are grouped.
 ///
@@ -52,9 +52,9 @@ pub(super) fn dot_rows_avx512<const R: usize>(
     };
     let row = |r: usize| &rows[r * row_bytes..(r + 1) * row_bytes];
     let full_steps = cols / STEP;
-    // Each macro returns fresh accumulators and indexes them by constants only (the
-    // row loops have `R` iterations), so that they stay in registers; the steps of
-    // each row are added in order.
+    // Each macro returns fresh accumulators and indexes them only by constants (the
+    // row loops run `R` times), so that they stay in registers. Each row's steps are
+    // added in order.
     //
     // Two-block types: `$decode` turns the `$bytes` bytes of two 32-weight blocks into
     // one step.
@@ -203,7 +203,7 @@ fn totals<const R: usize>(acc: &[Accumulator; R]) -> [f32; R] {
                 _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
             )
         });
-        // Quarter r of `quarters` holds 4 partial sums of row r.
+        // Quarter r of `quarters` contains 4 partial sums of row r.
         let quarters = _mm512_add_ps(
             _mm512_shuffle_f32x4::<0b10_00_10_00>(halves[0], halves[1]),
             _mm512_shuffle_f32x4::<0b11_01_11_01>(halves[0], halves[1]),
@@ -246,9 +246,9 @@ fn f16_pair(bytes: &[u8], a: usize, b: usize) -> (f32, f32) {
     }
 }
 
-/// The scales of two 32-weight blocks, f16 values at `bytes[a..a + 2]` and
-/// `bytes[b..b + 2]`, as 16 lane scales (the first for lanes 0..8) and as the
-/// offsets `[factor * d0, factor * d0, factor * d1, factor * d1]` of 4 groups.
+/// Widens the f16 scales of two 32-weight blocks, at `bytes[a..a + 2]` and
+/// `bytes[b..b + 2]`, into 16 lane scales (the first for lanes 0..8) and the 4 group
+/// offsets `[factor * d0, factor * d0, factor * d1, factor * d1]`.
 #[inline(always)]
 fn pair_scales(bytes: &[u8], a: usize, b: usize, factor: f32) -> (__m512, __m128) {
     let bits = u16::from_le_bytes([bytes[a], bytes[a + 1]]) as u32
@@ -312,7 +312,7 @@ fn q4_0_step(blocks: &[u8; 36]) -> Step {
 #[inline(always)]
 fn q4_1_step(blocks: &[u8; 40]) -> Step {
     // Each block starts with its f16 scale d and minimum m: one 64-bit value
-    // [d0, m0, d1, m1] holds both blocks'.
+    // [d0, m0, d1, m1] contains both blocks'.
     let d_m0 = u32::from_le_bytes(blocks[0..4].try_into().unwrap()) as u64;
     let d_m1 = u32::from_le_bytes(blocks[20..24].try_into().unwrap()) as u64;
     // SAFETY: nibbles at 4..20 and 24..40 lie inside the 40 bytes; the callers are
