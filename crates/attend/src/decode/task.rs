@@ -130,8 +130,7 @@ struct Scratch {
     scores: Vec<f32>,
     /// Up to `TILE_Q` rows of `scores` transposed for `Simd::pv_tile`, `[TILE_TOKENS, TILE_Q]`.
     probs_t: Vec<f32>,
-    /// The tile's K or V rows converted to f32, grouped by kv head,
-    /// `[n_kv_heads, TILE_TOKENS, head_dim]`.
+    /// The tile's K or V rows converted to f32, `[TILE_TOKENS, n_kv_heads, head_dim]`.
     converted: Vec<f32>,
 }
 
@@ -151,11 +150,11 @@ impl F32Rows<'_> {
 }
 
 /// Returns the K or V rows of the tile as f32: in place for f32 storage, else converted
-/// into `buffer` (int8 values times their scale) in storage order, so that the tile is
-/// read from memory front to back.
+/// into `buffer` (int8 values times their scale) in the storage layout, so that the tile
+/// is read from memory front to back in one pass.
 ///
 /// # Shapes
-/// `rows`: `[tile_len, n_kv_heads, head_dim]`; `buffer: [n_kv_heads, TILE_TOKENS, head_dim]`.
+/// `rows` and `buffer[..tile_len * n_kv_heads * head_dim]`: `[tile_len, n_kv_heads, head_dim]`.
 fn f32_rows<'a, S: Simd>(
     simd: S,
     rows: &KvRows<'a>,
@@ -164,36 +163,32 @@ fn f32_rows<'a, S: Simd>(
     buffer: &'a mut [f32],
 ) -> F32Rows<'a> {
     let (n_kv_heads, head_dim) = (dims.n_kv_heads, dims.head_dim);
-    if let KvRows::F32(x) = *rows {
-        return F32Rows {
-            values: x,
-            head_stride: head_dim,
-            row_stride: n_kv_heads * head_dim,
-        };
-    }
-    for token in 0..tile_len {
-        for kv_head in 0..n_kv_heads {
-            let src_row = token * n_kv_heads + kv_head;
-            let src = src_row * head_dim..(src_row + 1) * head_dim;
-            let dst_start = (kv_head * TILE_TOKENS + token) * head_dim;
-            let dst = &mut buffer[dst_start..dst_start + head_dim];
-            match *rows {
-                KvRows::F32(_) => unreachable!("f32 rows are read in place"),
-                KvRows::F16(x) => simd.widen_f16(&x[src], dst),
-                KvRows::Bf16(x) => simd.widen_bf16(&x[src], dst),
-                KvRows::Int8 { values, scales } => {
-                    let scale = scales[src_row];
-                    for (o, &value) in dst.iter_mut().zip(&values[src]) {
-                        *o = f32::from(value) * scale;
-                    }
+    let row_stride = n_kv_heads * head_dim;
+    let len = tile_len * row_stride;
+    let values: &[f32] = match *rows {
+        KvRows::F32(x) => x,
+        KvRows::F16(x) => {
+            simd.widen_f16(&x[..len], &mut buffer[..len]);
+            buffer
+        }
+        KvRows::Bf16(x) => {
+            simd.widen_bf16(&x[..len], &mut buffer[..len]);
+            buffer
+        }
+        KvRows::Int8 { values, scales } => {
+            let head_rows = buffer[..len].chunks_exact_mut(head_dim);
+            for ((dst, src), &scale) in head_rows.zip(values.chunks_exact(head_dim)).zip(scales) {
+                for (o, &value) in dst.iter_mut().zip(src) {
+                    *o = f32::from(value) * scale;
                 }
             }
+            buffer
         }
-    }
+    };
     F32Rows {
-        values: buffer,
-        head_stride: TILE_TOKENS * head_dim,
-        row_stride: head_dim,
+        values,
+        head_stride: head_dim,
+        row_stride,
     }
 }
 
