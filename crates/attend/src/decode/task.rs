@@ -150,8 +150,8 @@ impl F32Rows<'_> {
 }
 
 /// Returns the K or V rows of the tile as f32: in place for f32 storage, else converted
-/// into `buffer` (int8 values times their scale) in the storage layout, so that the tile
-/// is read from memory front to back in one pass.
+/// into `buffer` (int8 values times their scale). The conversion keeps the storage
+/// layout, so it reads the tile front to back in one pass.
 ///
 /// # Shapes
 /// `rows` and `buffer[..tile_len * n_kv_heads * head_dim]`: `[tile_len, n_kv_heads, head_dim]`.
