@@ -705,12 +705,10 @@ unsafe fn pv_tile(
         let last_mask = lane_mask(width - (vectors - 1) * LANES);
         let mut row = 0;
         while row < rows {
-            let step = if row + 6 <= rows {
-                6
-            } else if row + 4 <= rows {
-                4
-            } else {
-                1
+            let step = match rows - row {
+                6.. => 6,
+                4 | 5 => 4,
+                left => left,
             };
             let chunk = ValueChunk {
                 pt: pt.add(row),
@@ -730,6 +728,14 @@ unsafe fn pv_tile(
                 (4, 2) => pv_rows::<4, 2>(chunk),
                 (4, 3) => pv_rows::<4, 3>(chunk),
                 (4, _) => pv_rows::<4, 4>(chunk),
+                (3, 1) => pv_rows::<3, 1>(chunk),
+                (3, 2) => pv_rows::<3, 2>(chunk),
+                (3, 3) => pv_rows::<3, 3>(chunk),
+                (3, _) => pv_rows::<3, 4>(chunk),
+                (2, 1) => pv_rows::<2, 1>(chunk),
+                (2, 2) => pv_rows::<2, 2>(chunk),
+                (2, 3) => pv_rows::<2, 3>(chunk),
+                (2, _) => pv_rows::<2, 4>(chunk),
                 (_, 1) => pv_rows::<1, 1>(chunk),
                 (_, 2) => pv_rows::<1, 2>(chunk),
                 (_, 3) => pv_rows::<1, 3>(chunk),

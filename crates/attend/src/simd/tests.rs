@@ -127,7 +127,7 @@ impl SimdOp for TilePrimitives {
                     simd.softmax_tile(&mut st, cols, &mut m, &mut l, &mut correction);
                     results.extend(st.iter().chain(&m).chain(&l).chain(&correction));
 
-                    for rows in [1, 5, TILE_Q] {
+                    for rows in [1, 2, 3, 5, 7, TILE_Q] {
                         let v = values(cols * row_stride, 5);
                         let mut o = values(rows * head_dim, 6);
                         simd.pv_tile(&st, &v, row_stride, cols, head_dim, &mut o);
