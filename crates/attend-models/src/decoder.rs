@@ -201,7 +201,7 @@ pub struct Decoder {
 ///
 /// Invariant: every cache has seen exactly `position` tokens of sequence 0.
 pub struct Session {
-    caches: Vec<Box<dyn KvCache>>,
+    caches: Vec<Box<dyn KvCache + Send>>,
     ropes: Vec<Rope>,
     position: usize,
     context: usize,
@@ -366,9 +366,9 @@ impl Decoder {
         }
         let c = &self.config;
         let kv_config = KvConfig::new(c.n_kv_heads, c.head_dim, kv_dtype);
-        let mut caches: Vec<Box<dyn KvCache>> = Vec::with_capacity(c.n_layers);
+        let mut caches: Vec<Box<dyn KvCache + Send>> = Vec::with_capacity(c.n_layers);
         for spec in &c.layers {
-            let mut cache: Box<dyn KvCache> = match spec.window {
+            let mut cache: Box<dyn KvCache + Send> = match spec.window {
                 Some(window) if sliding == SlidingCache::Rolling => {
                     Box::new(RollingCache::new(kv_config, window.min(context), 0)?)
                 }
@@ -402,6 +402,22 @@ impl Decoder {
     /// the kernels. On an error the session may hold part of the chunk; call
     /// [`Session::reset`] before reusing it.
     pub fn forward(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
+        // A pass opens several parallel regions per layer. Started from a thread outside
+        // the rayon pool, each region would queue its tasks from outside and put the
+        // caller to sleep until the workers finish. Those two thread wake-ups per region
+        // cost as much as the region's work for one token. `scope` runs the pass on a
+        // pool thread (the current one when it is already in the pool), which takes
+        // part in every region.
+        rayon::scope(|_| self.forward_in_pool(session, tokens, logits))
+    }
+
+    /// [`Decoder::forward`], run on a thread of the rayon pool.
+    fn forward_in_pool(
         &self,
         session: &mut Session,
         tokens: &[u32],

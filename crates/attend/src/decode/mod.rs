@@ -14,9 +14,10 @@
 //! acc' = acc * exp(m - m') + sum_j exp(s_j - m') * v_j
 //! ```
 //!
-//! Within a tile, each token's K row is read once for all heads: every kv head's row is
-//! scored against all query rows of its group while it is in cache, and the V rows are
-//! read the same way. The splits of a sequence are then merged in split order through
+//! Within a tile, the K rows are read once, front to back, and converted to f32 (f32 rows
+//! are read in place). Each kv head's rows are then scored against all query rows of its
+//! group in one [`Simd::qk_rows`] call, and the V rows go the same way into
+//! [`Simd::pv_tile`]. The splits of a sequence are then merged in split order through
 //! their log-sum-exp, so the result depends on the split size (a constant) and not on the
 //! number of threads: it is bitwise identical for any thread count.
 //!

@@ -1,8 +1,5 @@
 //! One split-KV task: an online softmax over a range of one sequence's cached tokens.
 
-use half::slice::HalfFloatSliceExt;
-use half::{bf16, f16};
-
 use super::{visible_ranges, Dims, VisibleRange, TILE_TOKENS};
 use crate::kv::{KvChunk, KvRows, KvSeqView};
 use crate::layout::Bshd;
@@ -83,8 +80,7 @@ pub(crate) fn run_split<S: Simd>(
     let mut scratch = Scratch {
         scores: vec![0.0; rows * TILE_TOKENS],
         probs_t: vec![0.0; TILE_TOKENS * TILE_Q],
-        head: vec![0.0; dims.head_dim],
-        values: vec![0.0; dims.n_kv_heads * TILE_TOKENS * dims.head_dim],
+        converted: vec![0.0; dims.n_kv_heads * TILE_TOKENS * dims.head_dim],
     };
 
     // Runs are in view order, so the first run that ends after `start` is found by
@@ -134,75 +130,65 @@ struct Scratch {
     scores: Vec<f32>,
     /// Up to `TILE_Q` rows of `scores` transposed for `Simd::pv_tile`, `[TILE_TOKENS, TILE_Q]`.
     probs_t: Vec<f32>,
-    /// One int8 head row converted to f32 (without its scale), `[head_dim]`.
-    head: Vec<f32>,
-    /// The tile's V rows in f32, grouped by kv head, `[n_kv_heads, TILE_TOKENS, head_dim]`.
-    values: Vec<f32>,
+    /// The tile's K or V rows converted to f32, `[TILE_TOKENS, n_kv_heads, head_dim]`.
+    converted: Vec<f32>,
 }
 
-/// One head row of one cached token, ready for f32 arithmetic: `value * multiplier`.
-enum HeadRow<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-    Bf16(&'a [bf16]),
+/// The K or V rows of a tile as f32: kv head `h`, token `t` starts at
+/// `values[h * head_stride + t * row_stride]`.
+struct F32Rows<'a> {
+    values: &'a [f32],
+    head_stride: usize,
+    row_stride: usize,
 }
 
-/// Borrows head row `head_row_idx` (`token * n_kv_heads + kv_head`) of `rows` and returns
-/// it with the factor its values must be multiplied by (the int8 scale, else 1).
-fn load_head<'a>(
-    rows: &KvRows<'a>,
-    head_row_idx: usize,
-    head_dim: usize,
-    int8_buffer: &'a mut [f32],
-) -> (HeadRow<'a>, f32) {
-    let range = head_row_idx * head_dim..(head_row_idx + 1) * head_dim;
-    match *rows {
-        KvRows::F32(x) => (HeadRow::F32(&x[range]), 1.0),
-        KvRows::F16(x) => (HeadRow::F16(&x[range]), 1.0),
-        KvRows::Bf16(x) => (HeadRow::Bf16(&x[range]), 1.0),
-        KvRows::Int8 { values, scales } => {
-            for (out, &value) in int8_buffer.iter_mut().zip(&values[range]) {
-                *out = f32::from(value);
-            }
-            (HeadRow::F32(int8_buffer), scales[head_row_idx])
-        }
+impl F32Rows<'_> {
+    /// Returns the rows of one kv head, from its first token to the end of `values`.
+    fn head(&self, kv_head: usize) -> &[f32] {
+        &self.values[kv_head * self.head_stride..]
     }
 }
 
-#[inline]
-fn dot<S: Simd>(simd: S, q: &[f32], row: &HeadRow) -> f32 {
-    match row {
-        HeadRow::F32(k) => simd.dot(q, k),
-        HeadRow::F16(k) => simd.dot_f16(q, k),
-        HeadRow::Bf16(k) => simd.dot_bf16(q, k),
-    }
-}
-
-/// Converts the tile's V rows to f32 and groups them by kv head, so that each head's
-/// rows are contiguous for [`Simd::pv_tile`]. Tokens are read in storage order.
+/// Returns the K or V rows of the tile as f32: in place for f32 storage, else converted
+/// into `buffer` (int8 values times their scale). The conversion keeps the storage
+/// layout, so it reads the tile front to back in one pass.
 ///
 /// # Shapes
-/// `rows`: `[tile_len, n_kv_heads, head_dim]`; `out: [n_kv_heads, TILE_TOKENS, head_dim]`.
-fn gather_values(rows: &KvRows, tile_len: usize, dims: &Dims, out: &mut [f32]) {
+/// `rows` and `buffer[..tile_len * n_kv_heads * head_dim]`: `[tile_len, n_kv_heads, head_dim]`.
+fn f32_rows<'a, S: Simd>(
+    simd: S,
+    rows: &KvRows<'a>,
+    tile_len: usize,
+    dims: &Dims,
+    buffer: &'a mut [f32],
+) -> F32Rows<'a> {
     let (n_kv_heads, head_dim) = (dims.n_kv_heads, dims.head_dim);
-    for token in 0..tile_len {
-        for kv_head in 0..n_kv_heads {
-            let src_row = token * n_kv_heads + kv_head;
-            let src = src_row * head_dim..(src_row + 1) * head_dim;
-            let dst_start = (kv_head * TILE_TOKENS + token) * head_dim;
-            let dst = &mut out[dst_start..dst_start + head_dim];
-            match *rows {
-                KvRows::F32(x) => dst.copy_from_slice(&x[src]),
-                KvRows::F16(x) => x[src].convert_to_f32_slice(dst),
-                KvRows::Bf16(x) => x[src].convert_to_f32_slice(dst),
-                KvRows::Int8 { values, scales } => {
-                    let scale = scales[src_row];
-                    for (o, &value) in dst.iter_mut().zip(&values[src]) {
-                        *o = f32::from(value) * scale;
-                    }
+    let row_stride = n_kv_heads * head_dim;
+    let len = tile_len * row_stride;
+    let values: &[f32] = match *rows {
+        KvRows::F32(x) => x,
+        KvRows::F16(x) => {
+            simd.widen_f16(&x[..len], &mut buffer[..len]);
+            buffer
+        }
+        KvRows::Bf16(x) => {
+            simd.widen_bf16(&x[..len], &mut buffer[..len]);
+            buffer
+        }
+        KvRows::Int8 { values, scales } => {
+            let head_rows = buffer[..len].chunks_exact_mut(head_dim);
+            for ((dst, src), &scale) in head_rows.zip(values.chunks_exact(head_dim)).zip(scales) {
+                for (o, &value) in dst.iter_mut().zip(src) {
+                    *o = f32::from(value) * scale;
                 }
             }
+            buffer
         }
+    };
+    F32Rows {
+        values,
+        head_stride: head_dim,
+        row_stride,
     }
 }
 
@@ -236,31 +222,37 @@ fn attend_tile<S: Simd>(
         .iter()
         .all(|range| range.contains(first) && range.contains(last));
 
-    // Step 1: scores. Each token's K row is read once, head by head, for every query
-    // row of the head's group; hidden pairs get -inf.
+    // Step 1: scores. The tile's K rows are converted to f32 once, and each kv head's
+    // rows are scored against all query rows of its group. Then the softcap applies,
+    // and hidden pairs get -inf.
     let scores = &mut scratch.scores;
-    for (token, &position) in tile.positions.iter().enumerate() {
-        for kv_head in 0..n_kv_heads {
-            let (k_row, multiplier) = load_head(
-                &tile.k,
-                token * n_kv_heads + kv_head,
-                head_dim,
-                &mut scratch.head,
-            );
-            let score_scale = dims.scale * multiplier;
-            for row in kv_head * group_rows..(kv_head + 1) * group_rows {
-                let visible = seen_whole_by_all || plan.visible[row % q_len].contains(position);
-                let score = if visible {
-                    let q_row = &plan.q_rows[row * head_dim..(row + 1) * head_dim];
-                    let score = dot(simd, q_row, &k_row) * score_scale;
+    let keys = f32_rows(simd, &tile.k, tile_len, dims, &mut scratch.converted);
+    for kv_head in 0..n_kv_heads {
+        let group = kv_head * group_rows..(kv_head + 1) * group_rows;
+        simd.qk_rows(
+            &plan.q_rows[group.start * head_dim..group.end * head_dim],
+            keys.head(kv_head),
+            keys.row_stride,
+            tile_len,
+            head_dim,
+            dims.scale,
+            &mut scores[group.start * TILE_TOKENS..group.end * TILE_TOKENS],
+            TILE_TOKENS,
+        );
+    }
+    if dims.softcap.is_some() || !seen_whole_by_all {
+        for row in 0..dims.rows() {
+            let visible = &plan.visible[row % q_len];
+            let row_scores = &mut scores[row * TILE_TOKENS..row * TILE_TOKENS + tile_len];
+            for (score, &position) in row_scores.iter_mut().zip(tile.positions) {
+                *score = if seen_whole_by_all || visible.contains(position) {
                     match dims.softcap {
-                        Some(cap) => cap * (score / cap).tanh(),
-                        None => score,
+                        Some(cap) => cap * (*score / cap).tanh(),
+                        None => *score,
                     }
                 } else {
                     f32::NEG_INFINITY
                 };
-                scores[row * TILE_TOKENS + token] = score;
             }
         }
     }
@@ -287,12 +279,10 @@ fn attend_tile<S: Simd>(
         state.m[row] = m_new;
     }
 
-    // Step 3: accumulate V. The V rows are read once, token by token, into per-head
-    // f32 tiles; then each head's tile is multiplied into its group's output rows.
-    gather_values(&tile.v, tile_len, dims, &mut scratch.values);
-    let tile_values = TILE_TOKENS * head_dim;
+    // Step 3: accumulate V. The tile's V rows are converted to f32 once, and each kv
+    // head's rows are multiplied into its group's output rows.
+    let values = f32_rows(simd, &tile.v, tile_len, dims, &mut scratch.converted);
     for kv_head in 0..n_kv_heads {
-        let values = &scratch.values[kv_head * tile_values..(kv_head + 1) * tile_values];
         // pv_tile takes probabilities transposed, `[tokens, TILE_Q]`, so a group with
         // more than TILE_Q query rows goes through it in blocks of TILE_Q rows.
         let group = kv_head * group_rows..(kv_head + 1) * group_rows;
@@ -305,8 +295,8 @@ fn attend_tile<S: Simd>(
             }
             simd.pv_tile(
                 &scratch.probs_t[..tile_len * TILE_Q],
-                &values[..tile_len * head_dim],
-                head_dim,
+                values.head(kv_head),
+                values.row_stride,
                 tile_len,
                 head_dim,
                 &mut state.acc[block.start * head_dim..block.end * head_dim],

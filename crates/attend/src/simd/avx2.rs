@@ -72,6 +72,19 @@ impl Simd for Avx2Fma {
         unsafe { axpy_converted(alpha, x.as_ptr(), y.as_mut_ptr(), n) }
     }
 
+    fn widen_f16(self, x: &[f16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: the token proves avx2, fma and f16c; `x` is valid for `n` reads and `y`
+        // for `n` writes.
+        unsafe { widen(x.as_ptr(), y.as_mut_ptr(), n) }
+    }
+
+    fn widen_bf16(self, x: &[bf16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: as for `widen_f16`.
+        unsafe { widen(x.as_ptr(), y.as_mut_ptr(), n) }
+    }
+
     fn scale(self, alpha: f32, x: &mut [f32]) {
         // SAFETY: the token proves the features; `x` is valid for its length.
         unsafe { scale(alpha, x.as_mut_ptr(), x.len()) }
@@ -187,6 +200,19 @@ impl Widen for bf16 {
         // A bf16 value is the upper half of the f32 with the same bits.
         let widened = _mm256_cvtepu16_epi32(_mm_loadu_si128(ptr.cast()));
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(widened))
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen<T: Widen>(x: *const T, y: *mut f32, n: usize) {
+    let mut i = 0;
+    while i + LANES <= n {
+        _mm256_storeu_ps(y.add(i), T::load_lanes(x.add(i)));
+        i += LANES;
+    }
+    while i < n {
+        *y.add(i) = (*x.add(i)).to_f32();
+        i += 1;
     }
 }
 

@@ -9,8 +9,8 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::{
-    pack_v_bf16_cols, pv_tile_bf16_shape, pv_tile_shape, qk_tile_bf16_cols, qk_tile_cols, sealed,
-    softmax_tile_cols, Isa, Simd, TILE_KV, TILE_Q,
+    pack_v_bf16_cols, pv_tile_bf16_shape, pv_tile_shape, qk_rows_shape, qk_tile_bf16_cols,
+    qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_KV, TILE_Q,
 };
 
 /// The token for AVX-512 Foundation code, noting whether the bf16 tiles can run too.
@@ -91,6 +91,48 @@ impl Simd for Avx512 {
     fn exp_sub_sum(self, x: &mut [f32], shift: f32) -> f32 {
         // SAFETY: the token proves avx512f; `x` is valid for `x.len()` reads and writes.
         unsafe { exp_sub_sum(x.as_mut_ptr(), x.len(), shift) }
+    }
+
+    fn widen_f16(self, x: &[f16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: the token proves avx512f; `x` is valid for `n` reads and `y` for `n`
+        // writes.
+        unsafe { widen(x.as_ptr(), y.as_mut_ptr(), n) }
+    }
+
+    fn widen_bf16(self, x: &[bf16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: as for `widen_f16`.
+        unsafe { widen(x.as_ptr(), y.as_mut_ptr(), n) }
+    }
+
+    fn qk_rows(
+        self,
+        q: &[f32],
+        k: &[f32],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        s: &mut [f32],
+        s_row_stride: usize,
+    ) {
+        let (rows, cols) = qk_rows_shape(q, k, k_row_stride, cols, head_dim, s, s_row_stride);
+        let block = ScoreRows {
+            q: q.as_ptr(),
+            k: k.as_ptr(),
+            k_row_stride,
+            cols,
+            head_dim,
+            scale,
+            s: s.as_mut_ptr(),
+            s_row_stride,
+        };
+        // SAFETY: the token proves avx512f; `qk_rows_shape` guarantees that `q` contains
+        // `rows * head_dim` elements, `k` has `cols` rows of `head_dim` at
+        // `k_row_stride`, and row `r < rows` of `s` has `cols` elements at
+        // `r * s_row_stride`.
+        unsafe { qk_rows(block, rows) }
     }
 
     fn qk_tile(
@@ -329,6 +371,19 @@ unsafe fn dot_converted<T: Widen>(a: *const f32, b: *const T, n: usize) -> f32 {
         i += 1;
     }
     sum
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn widen<T: Widen>(x: *const T, y: *mut f32, n: usize) {
+    let mut i = 0;
+    while i + LANES <= n {
+        _mm512_storeu_ps(y.add(i), T::load_lanes(x.add(i)));
+        i += LANES;
+    }
+    while i < n {
+        *y.add(i) = (*x.add(i)).to_f32();
+        i += 1;
+    }
 }
 
 #[target_feature(enable = "avx512f")]
@@ -712,7 +767,7 @@ trait OutputKernel: Copy {
     );
 }
 
-/// Runs `kernel` over `rows` output rows and `head_dim` columns, in blocks of 6, 4 or 1
+/// Runs `kernel` over `rows` output rows and `head_dim` columns, in blocks of 6, 4, 3, 2 or 1
 /// rows by up to 4 vectors (64 columns). The last vector of a row is masked when
 /// head_dim is not a multiple of 16.
 #[inline]
@@ -725,12 +780,10 @@ unsafe fn walk_output<K: OutputKernel>(kernel: K, rows: usize, head_dim: usize) 
         let last_mask = lane_mask(width - (vectors - 1) * LANES);
         let mut row = 0;
         while row < rows {
-            let step = if row + 6 <= rows {
-                6
-            } else if row + 4 <= rows {
-                4
-            } else {
-                1
+            let step = match rows - row {
+                6.. => 6,
+                4 | 5 => 4,
+                left => left,
             };
             match (step, vectors) {
                 (6, 1) => kernel.accumulate::<6, 1>(row, d0, last_mask),
@@ -741,6 +794,14 @@ unsafe fn walk_output<K: OutputKernel>(kernel: K, rows: usize, head_dim: usize) 
                 (4, 2) => kernel.accumulate::<4, 2>(row, d0, last_mask),
                 (4, 3) => kernel.accumulate::<4, 3>(row, d0, last_mask),
                 (4, _) => kernel.accumulate::<4, 4>(row, d0, last_mask),
+                (3, 1) => kernel.accumulate::<3, 1>(row, d0, last_mask),
+                (3, 2) => kernel.accumulate::<3, 2>(row, d0, last_mask),
+                (3, 3) => kernel.accumulate::<3, 3>(row, d0, last_mask),
+                (3, _) => kernel.accumulate::<3, 4>(row, d0, last_mask),
+                (2, 1) => kernel.accumulate::<2, 1>(row, d0, last_mask),
+                (2, 2) => kernel.accumulate::<2, 2>(row, d0, last_mask),
+                (2, 3) => kernel.accumulate::<2, 3>(row, d0, last_mask),
+                (2, _) => kernel.accumulate::<2, 4>(row, d0, last_mask),
                 (_, 1) => kernel.accumulate::<1, 1>(row, d0, last_mask),
                 (_, 2) => kernel.accumulate::<1, 2>(row, d0, last_mask),
                 (_, 3) => kernel.accumulate::<1, 3>(row, d0, last_mask),
@@ -966,4 +1027,145 @@ impl OutputKernel for PairTile {
         }
         store_output(&acc, o, self.head_dim, last_mask);
     }
+}
+
+/// Operands of [`qk_rows`], with `q` and `s` offset to the first row of a block.
+#[derive(Clone, Copy)]
+struct ScoreRows {
+    q: *const f32,
+    k: *const f32,
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    scale: f32,
+    s: *mut f32,
+    s_row_stride: usize,
+}
+
+/// Scores `rows` query rows in blocks of up to 4, which share each key row's loads.
+///
+/// # Safety
+/// avx512f must be available, and `block` must satisfy the shapes of `Simd::qk_rows`
+/// for `rows` query rows.
+#[target_feature(enable = "avx512f")]
+unsafe fn qk_rows(block: ScoreRows, rows: usize) {
+    let mut row = 0;
+    while row < rows {
+        let step = (rows - row).min(4);
+        let rows_block = ScoreRows {
+            q: block.q.add(row * block.head_dim),
+            s: block.s.add(row * block.s_row_stride),
+            ..block
+        };
+        match step {
+            4 => qk_row_block::<4>(rows_block),
+            3 => qk_row_block::<3>(rows_block),
+            2 => qk_row_block::<2>(rows_block),
+            _ => qk_row_block::<1>(rows_block),
+        }
+        row += step;
+    }
+}
+
+/// Scores `ROWS` query rows against all keys, 16 keys per step. Each (row, key) pair
+/// leaves one vector of partial sums over head_dim, and [`sum_lanes_16`] reduces the 16
+/// vectors of a row at once instead of one horizontal sum per key.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn qk_row_block<const ROWS: usize>(block: ScoreRows) {
+    let ScoreRows {
+        q,
+        k,
+        k_row_stride,
+        cols,
+        head_dim,
+        scale,
+        s,
+        s_row_stride,
+    } = block;
+    let full_vectors = head_dim / LANES;
+    let tail_mask = lane_mask(head_dim % LANES);
+    let scale = _mm512_set1_ps(scale);
+    let mut key0 = 0;
+    while key0 < cols {
+        let keys = (cols - key0).min(LANES);
+        // partial[r][j]: lanes summing to row r's score against key key0 + j.
+        let mut partial = [[_mm512_setzero_ps(); LANES]; ROWS];
+        for j in 0..keys {
+            let k_row = k.add((key0 + j) * k_row_stride);
+            let mut acc = [_mm512_setzero_ps(); ROWS];
+            for c in 0..full_vectors {
+                let key = _mm512_loadu_ps(k_row.add(c * LANES));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let query = _mm512_loadu_ps(q.add(r * head_dim + c * LANES));
+                    *acc = _mm512_fmadd_ps(query, key, *acc);
+                }
+            }
+            if tail_mask != 0 {
+                let offset = full_vectors * LANES;
+                let key = _mm512_maskz_loadu_ps(tail_mask, k_row.add(offset));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let query = _mm512_maskz_loadu_ps(tail_mask, q.add(r * head_dim + offset));
+                    *acc = _mm512_fmadd_ps(query, key, *acc);
+                }
+            }
+            for (partial_row, acc) in partial.iter_mut().zip(acc) {
+                partial_row[j] = acc;
+            }
+        }
+        let store_mask = lane_mask(keys);
+        for (r, partial_row) in partial.iter().enumerate() {
+            let scores = _mm512_mul_ps(sum_lanes_16(partial_row), scale);
+            _mm512_mask_storeu_ps(s.add(r * s_row_stride + key0), store_mask, scores);
+        }
+        key0 += LANES;
+    }
+}
+
+/// Returns the vector whose lane `j` is the sum of the lanes of `v[j]`.
+///
+/// Four halving steps add pairs of vectors so that each sum keeps half as many lanes
+/// per key and the keys stay apart: 15 additions for 16 keys, where 16 horizontal
+/// sums would take 64.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_lanes_16(v: &[__m512; LANES]) -> __m512 {
+    // 16 -> 8 vectors: the 128-bit quarters of halves[i] are
+    // [a.q0 + a.q2, a.q1 + a.q3, b.q0 + b.q2, b.q1 + b.q3] for (a, b) = v[2i], v[2i + 1].
+    let halves: [__m512; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+        )
+    });
+
+    // 8 -> 4: quarter q of quarters[i] contains 4 partial sums of key 4i + q.
+    let quarters: [__m512; 4] = std::array::from_fn(|i| {
+        let (a, b) = (halves[2 * i], halves[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+        )
+    });
+
+    // 4 -> 2, within quarters: quarter q of pairs[i] contains 2 partial sums of key
+    // 8i + q, then 2 of key 8i + 4 + q.
+    let pairs: [__m512; 2] = std::array::from_fn(|i| {
+        let (a, b) = (quarters[2 * i], quarters[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+        )
+    });
+
+    // 2 -> 1: lane 4q + m contains the sum of key 4m + q. The permutation moves key j to
+    // lane j.
+    let (a, b) = (pairs[0], pairs[1]);
+    let sums = _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(a, b),
+        _mm512_shuffle_ps::<0b11_01_11_01>(a, b),
+    );
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_permutexvar_ps(order, sums)
 }

@@ -141,6 +141,51 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
     /// subnormals, which the softmax never needs.
     fn exp_sub_sum(self, x: &mut [f32], shift: f32) -> f32;
 
+    /// Converts `x` to f32 into `y`.
+    fn widen_f16(self, x: &[f16], y: &mut [f32]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            *y = x.to_f32();
+        }
+    }
+
+    /// Converts `x` to f32 into `y`.
+    fn widen_bf16(self, x: &[bf16], y: &mut [f32]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            *y = x.to_f32();
+        }
+    }
+
+    /// Computes the scores of a few query rows against a tile of key rows, neither
+    /// transposed: `s[r * s_row_stride + j] = scale * sum_d q[r * head_dim + d] *
+    /// k[j * k_row_stride + d]`. Decoding scores a handful of query rows per kv head, too
+    /// few for the 64-query tiles of [`Simd::qk_tile`].
+    ///
+    /// # Shapes
+    /// `q: [rows, head_dim]` with `rows = q.len() / head_dim`, key row `j < cols` at
+    /// `k[j * k_row_stride..][..head_dim]`, `s: [rows, s_row_stride]`. Short slices shrink
+    /// `rows` and `cols` to what fits, and `cols` is at most `s_row_stride`.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_rows(
+        self,
+        q: &[f32],
+        k: &[f32],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        s: &mut [f32],
+        s_row_stride: usize,
+    ) {
+        let (rows, cols) = qk_rows_shape(q, k, k_row_stride, cols, head_dim, s, s_row_stride);
+        for row in 0..rows {
+            let q_row = &q[row * head_dim..][..head_dim];
+            for col in 0..cols {
+                let k_row = &k[col * k_row_stride..][..head_dim];
+                s[row * s_row_stride + col] = scale * self.dot(q_row, k_row);
+            }
+        }
+    }
+
     /// Computes a transposed score tile: `st[j][i] = scale * sum_d k[j][d] * qt[d][i]`.
     ///
     /// # Shapes
@@ -269,6 +314,25 @@ fn strided_rows(len: usize, row_stride: usize, rows: usize, head_dim: usize) -> 
         .checked_div(row_stride)
         .map_or(rows, |last| last + 1);
     rows.min(fitting)
+}
+
+/// Returns `(rows, cols)` that fit every slice of [`Simd::qk_rows`].
+#[inline]
+fn qk_rows_shape(
+    q: &[f32],
+    k: &[f32],
+    k_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    s: &[f32],
+    s_row_stride: usize,
+) -> (usize, usize) {
+    if head_dim == 0 {
+        return (0, 0);
+    }
+    let cols = strided_rows(k.len(), k_row_stride, cols.min(s_row_stride), head_dim);
+    let rows = strided_rows(s.len(), s_row_stride, q.len() / head_dim, cols);
+    (rows, cols)
 }
 
 /// Returns the key rows that fit every slice of a bf16 qk tile, or 0 when `qp` is short.

@@ -40,6 +40,12 @@ impl SimdOp for RowPrimitives {
             results.push(simd.dot_bf16(&a, &b_bf16));
             results.push(simd.max(&a));
 
+            let mut widened = vec![0.0; n];
+            simd.widen_f16(&b_f16, &mut widened);
+            results.extend(&widened);
+            simd.widen_bf16(&b_bf16, &mut widened);
+            results.extend(&widened);
+
             let mut y = b.clone();
             simd.axpy(0.5, &a, &mut y);
             simd.axpy_f16(-0.25, &b_f16, &mut y);
@@ -74,6 +80,14 @@ impl SimdOp for TilePrimitives {
                     let mut st = vec![0.0; cols * TILE_Q];
                     simd.qk_tile(&qt, &k, row_stride, cols, head_dim, 0.125, &mut st);
                     results.extend(&st);
+
+                    // The same keys against a few query rows, scores in rows of TILE_KV.
+                    for rows in [1, 3, 4, 5, 9] {
+                        let q = values(rows * head_dim, 7);
+                        let mut s = vec![0.0; rows * TILE_KV];
+                        simd.qk_rows(&q, &k, row_stride, cols, head_dim, 0.125, &mut s, TILE_KV);
+                        results.extend(&s);
+                    }
 
                     // The same scores from bf16 inputs, queries in pairs along head_dim.
                     let k_bf16: Vec<bf16> = k.iter().map(|&x| bf16::from_f32(x)).collect();
@@ -113,7 +127,7 @@ impl SimdOp for TilePrimitives {
                     simd.softmax_tile(&mut st, cols, &mut m, &mut l, &mut correction);
                     results.extend(st.iter().chain(&m).chain(&l).chain(&correction));
 
-                    for rows in [1, 5, TILE_Q] {
+                    for rows in [1, 2, 3, 5, 7, TILE_Q] {
                         let v = values(cols * row_stride, 5);
                         let mut o = values(rows * head_dim, 6);
                         simd.pv_tile(&st, &v, row_stride, cols, head_dim, &mut o);

@@ -148,35 +148,37 @@ pub(super) fn dot_tile(isa: Isa, tile: &Tile) -> [[f32; MAX_TILE_TOKENS]; MAX_TI
     }
 }
 
-/// Reports whether [`dot_row`] has a kernel for `isa`. Without one, single
+/// Reports whether [`dot_rows`] has a kernel for `isa`. Without one, single
 /// tokens go through [`dot_tile`] like any other.
 pub(super) fn has_row_kernel(isa: Isa) -> bool {
     isa == Isa::Avx512Vnni
 }
 
-/// `sum_c W[c] * x_hat[c]` for one raw row of type `ty` and one quantised
-/// token, decoding the row in registers.
+/// `sum_c W[r, c] * x_hat[c]` for `R <= 4` consecutive raw rows of type `ty` and one
+/// quantised token, decoding the rows in registers. A row's result does not depend
+/// on `R`.
 ///
 /// # Shapes
-/// `row: [ty.bytes_for(cols)]`, `x_codes: [padded]`, `x_scales: [padded / 4]`,
-/// `x_sums: [padded / 16]`.
+/// `rows: [R * row_bytes]` with `row_bytes = ty.bytes_for(cols)`, `x_codes: [padded]`,
+/// `x_scales: [padded / 4]`, `x_sums: [padded / 16]`.
 ///
 /// The caller has checked that `isa` is available and [`has_row_kernel`].
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-pub(super) fn dot_row(
+pub(super) fn dot_rows<const R: usize>(
     isa: Isa,
     ty: GgmlType,
-    row: &[u8],
+    rows: &[u8],
+    row_bytes: usize,
     x_codes: &[i8],
     x_scales: &[f32],
     x_sums: &[f32],
-) -> f32 {
+) -> [f32; R] {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller checked `Isa::Avx512Vnni.is_available()`, which
         // covers AVX-512 F, BW, VNNI and F16C (and so AVX2 and FMA).
         Isa::Avx512Vnni => unsafe {
-            x86_direct::dot_row_avx512(ty, row, x_codes, x_scales, x_sums)
+            x86_direct::dot_rows_avx512::<R>(ty, rows, row_bytes, x_codes, x_scales, x_sums)
         },
         _ => unreachable!("no row kernel for {isa:?}"),
     }
@@ -307,6 +309,36 @@ mod tests {
             }
         }
         bytes
+    }
+
+    #[test]
+    fn row_groups_match_single_rows_bitwise() {
+        if !has_row_kernel(Isa::detect()) {
+            return;
+        }
+        let isa = Isa::detect();
+        let mut rng = StdRng::seed_from_u64(5);
+        for ty in QUANTIZED {
+            for cols in [ty.block_elems(), 3 * ty.block_elems(), 768] {
+                let bytes = random_rows(ty, 4, cols, &mut rng);
+                let row_bytes = ty.bytes_for(cols).unwrap();
+                let x: Vec<f32> = (0..cols).map(|c| (c as f32 * 0.37).sin()).collect();
+                let acts =
+                    crate::quant::activations::QuantizedActivations::quantize(&x, 1, cols, ty)
+                        .unwrap();
+                let (codes, scales, sums) = (&acts.codes, &acts.lane_scales, &acts.group_sums);
+                let group = dot_rows::<4>(isa, ty, &bytes, row_bytes, codes, scales, sums);
+                for (r, &grouped) in group.iter().enumerate() {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    let [single] = dot_rows::<1>(isa, ty, row, row_bytes, codes, scales, sums);
+                    assert_eq!(
+                        grouped.to_bits(),
+                        single.to_bits(),
+                        "{ty} cols {cols} row {r}: {grouped} in a group of 4, {single} alone"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
