@@ -3,6 +3,10 @@
 //! buffer; the sums inside the norms are accumulated in f64 so that the result
 //! does not depend on how a row is split.
 
+mod activation;
+
+pub use activation::{gated_activation, softcap_in_place};
+
 /// Normalises each row of `x` (`[rows, dim]`) by its root mean square and
 /// multiplies by `weight` (`[dim]`): `x * weight / sqrt(mean(x^2) + eps)`.
 ///
@@ -69,21 +73,6 @@ pub fn gelu_tanh(x: f32) -> f32 {
 #[inline]
 pub fn gelu_erf(x: f32) -> f32 {
     (0.5 * f64::from(x) * (1.0 + erf(f64::from(x) / std::f64::consts::SQRT_2))) as f32
-}
-
-/// The gated feed-forward product: `gate[i] = act(gate[i]) * up[i]`, in place.
-///
-/// # Panics
-/// When the two buffers differ in length (a bug in the caller).
-pub fn gated_activation(gate: &mut [f32], up: &[f32], act: fn(f32) -> f32) {
-    assert_eq!(
-        gate.len(),
-        up.len(),
-        "gated_activation: gate and up differ in length"
-    );
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = act(*g) * u;
-    }
 }
 
 /// Adds `src` into `dst` element by element.
@@ -298,13 +287,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn gated_activation_multiplies() {
-        let mut g = vec![0.0, 1.0];
-        gated_activation(&mut g, &[3.0, 2.0], silu);
-        assert_eq!(g[0], 0.0);
-        assert!((g[1] - 2.0 * silu(1.0)).abs() < 1e-7);
     }
 }
