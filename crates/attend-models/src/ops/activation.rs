@@ -21,13 +21,8 @@
 
 use rayon::prelude::*;
 
-use super::exp_nonpositive_f32;
+use super::{exp_nonpositive_f32, PAR_CHUNK_ELEMS};
 use crate::decoder::Activation;
-
-/// Elements per rayon task of [`gated_activation`]: at about 1 ns per element a
-/// task runs for tens of microseconds, well above the cost of waking a worker,
-/// and one token's row of the feed-forward (a few thousand values) runs inline.
-const PAR_CHUNK_ELEMS: usize = 16 * 1024;
 
 /// Computes the gated feed-forward product `gate[i] = act(gate[i]) * up[i]` in
 /// place, in parallel chunks when the buffers are long.
