@@ -3,6 +3,9 @@
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use std::borrow::Cow;
+
+use super::kernel::{interleave_rows, Isa};
 use super::unpack::{padded_len, GROUP, LANE};
 use super::QuantError;
 use crate::GgmlType;
@@ -15,6 +18,7 @@ use rayon::prelude::*;
 /// Value `c` of token `t` is approximately `scale * code`, where
 /// `scale = max |x| / 127` over the value's block and `code = round(x / scale)`.
 /// The rounding error is at most `scale / 2 = max |x| / 254` per value.
+#[derive(Clone)]
 pub struct QuantizedActivations {
     tokens: usize,
     cols: usize,
@@ -26,6 +30,9 @@ pub struct QuantizedActivations {
     pub(super) lane_scales: Vec<f32>,
     /// `[tokens, padded / GROUP]`: `scale * sum(codes)` per 16 codes, zero past `cols`
     pub(super) group_sums: Vec<f32>,
+    /// Whether `codes` and `lane_scales` are in the AVX-512 tile kernel's
+    /// interleaved unit order rather than row order; only products set it.
+    interleaved: bool,
 }
 
 impl QuantizedActivations {
@@ -85,6 +92,7 @@ impl QuantizedActivations {
             codes: vec![0; tokens * padded],
             lane_scales: vec![0.0; tokens * padded / LANE],
             group_sums: vec![0.0; tokens * padded / GROUP],
+            interleaved: false,
         };
         if cols == 0 {
             return Ok(this);
@@ -129,6 +137,26 @@ impl QuantizedActivations {
 
     pub(super) fn padded(&self) -> usize {
         self.padded
+    }
+
+    /// Puts the codes and lane scales of every token in the interleaved unit
+    /// order that the AVX-512 tile kernel reads.
+    pub(super) fn into_interleaved(mut self) -> QuantizedActivations {
+        if !self.interleaved {
+            interleave_rows(&mut self.codes, &mut self.lane_scales, self.padded);
+            self.interleaved = true;
+        }
+        self
+    }
+
+    /// These activations in the unit order of `isa`'s tile kernel, copied
+    /// only when they are in row order and the kernel interleaves.
+    pub(super) fn for_tiles(&self, isa: Isa) -> Cow<'_, QuantizedActivations> {
+        debug_assert!(!self.interleaved || isa.interleaves_tiles());
+        if self.interleaved || !isa.interleaves_tiles() {
+            return Cow::Borrowed(self);
+        }
+        Cow::Owned(self.clone().into_interleaved())
     }
 }
 
