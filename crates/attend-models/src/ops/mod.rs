@@ -42,12 +42,28 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32, weight_offset: f32) {
 fn rms_norm_rows(x: &mut [f32], weight: &[f32], eps: f32, weight_offset: f32) {
     let dim = weight.len();
     for row in x.chunks_exact_mut(dim) {
-        let sum_sq: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let sum_sq = sum_squares_f64(row);
         let inv_rms = (1.0 / (sum_sq / dim as f64 + f64::from(eps)).sqrt()) as f32;
         for (v, &w) in row.iter_mut().zip(weight) {
             *v = *v * inv_rms * (w + weight_offset);
         }
     }
+}
+
+/// Sums `v^2` over `values` in f64. Eight partial sums, one per position modulo
+/// 8, run in vector registers instead of one long chain of dependent additions.
+/// Their order is fixed, so the result depends only on `values`.
+fn sum_squares_f64(values: &[f32]) -> f64 {
+    let mut partial = [0.0f64; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (sum, &v) in partial.iter_mut().zip(chunk) {
+            *sum += f64::from(v) * f64::from(v);
+        }
+    }
+    let tail_sum: f64 = tail.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    partial.iter().sum::<f64>() + tail_sum
 }
 
 /// Normalises each row of `x` (`[rows, dim]`) to zero mean and unit variance,
