@@ -471,7 +471,7 @@ impl Decoder {
         let mut out = vec![0.0f32; out_rows * c.vocab];
         self.output.forward(file, rows, out_rows, &mut out)?;
         if let Some(cap) = c.final_softcap {
-            out.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+            ops::softcap_in_place(&mut out, cap);
         }
         Ok(out)
     }
@@ -576,11 +576,7 @@ impl Decoder {
                 layer.w_up.product(file, &mut b.up)?,
             ],
         )?;
-        let act = match c.activation {
-            Activation::Silu => ops::silu,
-            Activation::GeluTanh => ops::gelu_tanh,
-        };
-        ops::gated_activation(&mut b.gate, &b.up, act);
+        ops::gated_activation(&mut b.gate, &b.up, c.activation);
         layer.w_down.forward(file, &b.gate, n_tokens, &mut b.h)?;
         if let Some(norm) = &layer.post_ffw_norm {
             ops::rms_norm(&mut b.h, norm, c.rms_eps, 0.0);

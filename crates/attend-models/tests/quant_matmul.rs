@@ -79,8 +79,10 @@ fn check_product(
 
 fn col_cases(ty: GgmlType) -> Vec<usize> {
     match ty.block_elems() {
-        // Off the 64-code kernel step (32, 96, 288) and on it (64, 576).
-        32 => vec![32, 64, 96, 288, 576],
+        // Off the 64-code kernel step (32, 96, 288) and on it (64, 576); 448 and
+        // 640 (7 and 10 steps) end the AVX-512 kernel's super-steps of 4 with
+        // 2 + 1 and 2 steps.
+        32 => vec![32, 64, 96, 288, 448, 576, 640],
         256 => vec![256, 512, 768],
         // Float weights: odd lengths off every SIMD width.
         _ => vec![1, 7, 33, 100, 576],

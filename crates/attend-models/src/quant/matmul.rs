@@ -4,7 +4,8 @@ use super::activations::QuantizedActivations;
 use super::dequant::{check_row_bytes, dequantize};
 use super::float::matmul_float;
 use super::kernel::{
-    dot_rows, dot_tile, has_row_kernel, prefetch, unpack_rows, Isa, Tile, MAX_TILE_ROWS,
+    dot_rows, dot_tile, has_row_kernel, interleave_rows, prefetch, unpack_rows, Isa, Tile,
+    MAX_TILE_ROWS,
 };
 use super::unpack::{UnpackedRows, GROUP, LANE};
 use super::QuantError;
@@ -170,9 +171,26 @@ pub fn matmul_with_isa(
         matmul_float(w, x, tokens, out);
         return Ok(());
     }
-    let acts = QuantizedActivations::quantize(x, tokens, cols, w.ty)?;
+    let acts = quantize_for(x, tokens, cols, w.ty, isa)?;
     matmul_quantized(w, &acts, out, isa);
     Ok(())
+}
+
+/// Quantises `x: [tokens, cols]` for weights of type `ty`, in the unit order
+/// that `isa`'s tile kernel reads when several tokens will go through it.
+fn quantize_for(
+    x: &[f32],
+    tokens: usize,
+    cols: usize,
+    ty: GgmlType,
+    isa: Isa,
+) -> Result<QuantizedActivations, QuantError> {
+    let acts = QuantizedActivations::quantize(x, tokens, cols, ty)?;
+    Ok(if tokens > 1 && isa.interleaves_tiles() {
+        acts.into_interleaved()
+    } else {
+        acts
+    })
 }
 
 /// Computes `out[t, r] = sum_c W[r, c] * x_hat[t, c]` from activations
@@ -273,7 +291,7 @@ pub fn matmul_many(
         }
         let block = p.w.ty.block_elems();
         if !acts.iter().any(|a| a.block_elems() == block) {
-            acts.push(QuantizedActivations::quantize(x, tokens, cols, p.w.ty)?);
+            acts.push(quantize_for(x, tokens, cols, p.w.ty, isa)?);
         }
     }
     // The activations of a product the integer kernels compute, `None` for
@@ -340,6 +358,7 @@ fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32
         matvec_direct(w, acts, out, isa);
         return;
     }
+    let acts = acts.for_tiles(isa);
     let row_tiles = rows.div_ceil(MAX_TILE_ROWS);
     let token_chunks = tokens.div_ceil(TOKEN_CHUNK);
     let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
@@ -366,13 +385,17 @@ fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32
                 let tile_rows = MAX_TILE_ROWS.min(rows - r0);
                 let tile_bytes = &w.data[r0 * row_bytes..(r0 + tile_rows) * row_bytes];
                 unpack_rows(isa, w.ty, tile_bytes, row_bytes, &mut unpacked);
+                if isa.interleaves_tiles() {
+                    let p = unpacked.padded;
+                    interleave_rows(&mut unpacked.codes, &mut unpacked.lane_scales, p);
+                }
                 let ahead = (r0 + PREFETCH_ROWS_AHEAD).min(rows)
                     ..(r0 + PREFETCH_ROWS_AHEAD + MAX_TILE_ROWS).min(rows);
                 prefetch(&w.data[ahead.start * row_bytes..ahead.end * row_bytes]);
 
                 for t0 in token_range.clone().step_by(isa.tile_tokens()) {
                     let tile_tokens = isa.tile_tokens().min(token_range.end - t0);
-                    let sums = run_tile(isa, w.ty, &unpacked, acts, tile_rows, t0, tile_tokens);
+                    let sums = run_tile(isa, w.ty, &unpacked, &acts, tile_rows, t0, tile_tokens);
 
                     // Store the tile.
                     for (r, sums_r) in sums.iter().enumerate().take(tile_rows) {

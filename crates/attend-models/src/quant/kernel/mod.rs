@@ -11,6 +11,7 @@
 //! where `idot(lane)` is the exact integer dot product of the 4 unsigned
 //! weight codes and 4 signed activation codes of that lane.
 
+mod interleave;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod portable;
@@ -20,6 +21,8 @@ mod x86;
 mod x86_direct;
 #[cfg(target_arch = "x86_64")]
 mod x86_unpack;
+
+pub(crate) use interleave::interleave_rows;
 
 use super::unpack::UnpackedRows;
 use crate::GgmlType;
@@ -73,6 +76,13 @@ impl Isa {
         }
     }
 
+    /// Reports whether [`dot_tile`] reads its tiles' codes and lane scales in the
+    /// interleaved unit order of [`interleave_rows`] (the AVX-512 kernel), or in
+    /// the order of the row.
+    pub(super) fn interleaves_tiles(self) -> bool {
+        self == Isa::Avx512Vnni
+    }
+
     /// Tokens per kernel call that keep this ISA's accumulators in registers.
     pub(super) fn tile_tokens(self) -> usize {
         match self {
@@ -122,6 +132,9 @@ impl Tile<'_> {
 
 /// Scaled integer dot products of a tile: `out[r][t]` for `r < tile.rows`,
 /// `t < tile.tokens`; the other entries are zero.
+///
+/// The codes and lane scales are in the interleaved unit order of
+/// [`interleave_rows`] when [`Isa::interleaves_tiles`], and in row order otherwise.
 ///
 /// The caller has checked that `isa` is available.
 pub(super) fn dot_tile(isa: Isa, tile: &Tile) -> [[f32; MAX_TILE_TOKENS]; MAX_TILE_ROWS] {

@@ -8,6 +8,7 @@
 // once, which reads more plainly than zipped iterators.
 #![allow(clippy::needless_range_loop)]
 
+use super::interleave::super_steps;
 use super::{dispatch_tile_shape, widen, Tile, MAX_TILE_ROWS, MAX_TILE_TOKENS};
 use crate::quant::unpack::{GROUP, LANE};
 use std::arch::x86_64::*;
@@ -22,39 +23,54 @@ pub(super) fn dot_tile_avx512(tile: &Tile) -> TileSums {
     dispatch_tile_shape!(avx512_fixed, tile)
 }
 
+/// Reads the tile in the interleaved unit order (see [`super::interleave`]):
+/// each lane's integer dot products add up over a super-step, and only then are
+/// converted and scaled, once per super-step instead of once per step.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn avx512_fixed<const R: usize, const T: usize>(tile: &Tile) -> TileSums {
     const STEP: usize = 64;
     let p = tile.padded;
     let mut acc = [[_mm512_setzero_ps(); T]; R];
-    for s in 0..p / STEP {
-        // Load each row's 64 codes and their 16 lane scales once per step.
-        let mut w = [_mm512_setzero_si512(); R];
-        let mut w_scale = [_mm512_setzero_ps(); R];
-        for r in 0..R {
-            // SAFETY: `tile.check()` guarantees `w_codes.len() >= R * p` and
-            // `w_scales.len() >= R * p / 4`, and `s * STEP + STEP <= p`.
-            unsafe {
-                w[r] = _mm512_loadu_si512(tile.w_codes.as_ptr().add(r * p + s * STEP).cast());
-                w_scale[r] = _mm512_loadu_ps(tile.w_scales.as_ptr().add((r * p + s * STEP) / LANE));
+    for (first_step, n) in super_steps(p / STEP) {
+        // Lane i of `idot` is the exact dot product of the 4n codes of lane i.
+        let mut idot = [[_mm512_setzero_si512(); T]; R];
+        for s in first_step..first_step + n {
+            // Load each row's 64 codes once per step.
+            let mut w = [_mm512_setzero_si512(); R];
+            for r in 0..R {
+                // SAFETY: `tile.check()` guarantees `w_codes.len() >= R * p`,
+                // and `s * STEP + STEP <= p`.
+                w[r] = unsafe {
+                    _mm512_loadu_si512(tile.w_codes.as_ptr().add(r * p + s * STEP).cast())
+                };
+            }
+            for t in 0..T {
+                // SAFETY: as above, with `x_codes.len() >= T * p`.
+                let x = unsafe {
+                    _mm512_loadu_si512(tile.x_codes.as_ptr().add(t * p + s * STEP).cast())
+                };
+                for r in 0..R {
+                    idot[r][t] = _mm512_dpbusd_epi32(idot[r][t], w[r], x);
+                }
             }
         }
 
+        // A lane's scales are the same in every step of the super-step.
+        let lane = first_step * STEP / LANE;
+        let mut w_scale = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            // SAFETY: `tile.check()` guarantees `w_scales.len() >= R * p / 4`,
+            // and `lane + 16 <= p / 4`.
+            w_scale[r] =
+                unsafe { _mm512_loadu_ps(tile.w_scales.as_ptr().add(r * p / LANE + lane)) };
+        }
         for t in 0..T {
-            // SAFETY: as above, with `x_codes.len() >= T * p` and
-            // `x_scales.len() >= T * p / 4`.
-            let (x, x_scale) = unsafe {
-                (
-                    _mm512_loadu_si512(tile.x_codes.as_ptr().add(t * p + s * STEP).cast()),
-                    _mm512_loadu_ps(tile.x_scales.as_ptr().add((t * p + s * STEP) / LANE)),
-                )
-            };
-
-            // Lane i of `idot` is the exact dot product of codes 4i..4i + 4.
+            // SAFETY: as above, with `x_scales.len() >= T * p / 4`.
+            let x_scale =
+                unsafe { _mm512_loadu_ps(tile.x_scales.as_ptr().add(t * p / LANE + lane)) };
             for r in 0..R {
-                let idot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[r], x);
                 let scale = _mm512_mul_ps(w_scale[r], x_scale);
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), scale, acc[r][t]);
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot[r][t]), scale, acc[r][t]);
             }
         }
     }
@@ -86,12 +102,74 @@ fn avx512_fixed<const R: usize, const T: usize>(tile: &Tile) -> TileSums {
     }
 
     let mut sums = [[0.0f32; T]; R];
-    for r in 0..R {
-        for t in 0..T {
-            sums[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+    if R == 4 && T == 4 {
+        let mut flat = [_mm512_setzero_ps(); 16];
+        for r in 0..R {
+            for t in 0..T {
+                flat[4 * r + t] = acc[r][t];
+            }
+        }
+        let lanes = reduce_add_16(flat);
+        let mut values = [0.0f32; 16];
+        // SAFETY: `values` contains 16 floats, one vector.
+        unsafe { _mm512_storeu_ps(values.as_mut_ptr(), lanes) };
+        for r in 0..R {
+            for t in 0..T {
+                sums[r][t] = values[4 * t + r];
+            }
+        }
+    } else {
+        for r in 0..R {
+            for t in 0..T {
+                sums[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
         }
     }
     widen(sums)
+}
+
+/// Sums each of 16 vectors at once, in 45 shuffles and adds instead of 16
+/// separate reductions: lane `4j + i` of the result is the sum of `v[4i + j]`.
+#[target_feature(enable = "avx512f")]
+fn reduce_add_16(v: [__m512; 16]) -> __m512 {
+    // Halve the lanes per vector at each level while pairing vectors up. First
+    // 128-bit blocks: `[a0 + a2, a1 + a3, b0 + b2, b1 + b3]` from a and b.
+    let mut halves = [_mm512_setzero_ps(); 8];
+    for k in 0..8 {
+        let (a, b) = (v[2 * k], v[2 * k + 1]);
+        halves[k] = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+        );
+    }
+
+    // Block j of `quarters[m]` contains 4 partial sums of v[4m + j].
+    let mut quarters = [_mm512_setzero_ps(); 4];
+    for m in 0..4 {
+        let (ab, cd) = (halves[2 * m], halves[2 * m + 1]);
+        quarters[m] = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd),
+        );
+    }
+
+    // Then within each 128-bit block: block j of `pairs[h]` contains 2 partial sums
+    // of v[8h + j], then 2 of v[8h + 4 + j].
+    let mut pairs = [_mm512_setzero_ps(); 2];
+    for h in 0..2 {
+        let (x, y) = (quarters[2 * h], quarters[2 * h + 1]);
+        pairs[h] = _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+            _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+        );
+    }
+
+    // Finally block j contains the sums of v[j], v[4 + j], v[8 + j] and v[12 + j].
+    let (x, y) = (pairs[0], pairs[1]);
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(x, y),
+        _mm512_shuffle_ps::<0b11_01_11_01>(x, y),
+    )
 }
 
 /// AVX2 kernel.
