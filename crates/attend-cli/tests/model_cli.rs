@@ -146,10 +146,14 @@ fn llamacpp_greedy(name: &str) -> Value {
 fn greedy_generate_matches_llamacpp() {
     // llama.cpp's first token here wins by only 0.03 logits over ':'. attend
     // matches it with the default f16 cache but picks ':' with an f32 cache.
+    // Token 19 wins by 0.047, which the 8-bit activation rounding can flip, so
+    // the comparison stops before it.
     let case = llamacpp_greedy("colors");
+    let margins = case["top1_margins"].as_array().unwrap();
+    assert!(margins[1..19].iter().all(|m| m.as_f64().unwrap() >= 0.2));
     let json = greedy_colors(SMOLLM2, &[]);
     assert_eq!(ids(&json["prompt_tokens"]), ids(&case["prompt_ids"]));
-    assert_eq!(ids(&json["tokens"]), ids(&case["generated_ids"])[..20]);
+    assert_eq!(ids(&json["tokens"])[..19], ids(&case["generated_ids"])[..19]);
 }
 
 #[test]
