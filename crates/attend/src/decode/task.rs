@@ -5,7 +5,7 @@ use half::f16;
 use super::{visible_ranges, Dims, VisibleRange, TILE_TOKENS};
 use crate::kv::{KvChunk, KvRows, KvSeqView};
 use crate::layout::Bshd;
-use crate::simd::{Simd, TILE_Q};
+use crate::simd::{self, Simd, TILE_Q};
 
 /// Unnormalised result of one split, per query row `r = head_idx * q_len + q_idx`.
 pub(crate) struct Partial {
@@ -97,6 +97,14 @@ pub(crate) fn run_split<S: Simd>(
         while tile_start < to {
             let tile_end = (tile_start + TILE_TOKENS).min(to);
             let tile = slice_chunk(&run.chunk, tile_start, tile_end, dims);
+            // Streaming K and V from memory is the bottleneck at depth: request the next
+            // tile of this run while this one is computed.
+            let next_end = (tile_end + TILE_TOKENS).min(to);
+            if tile_end < next_end {
+                let next = slice_chunk(&run.chunk, tile_end, next_end, dims);
+                prefetch_rows(&next.k);
+                prefetch_rows(&next.v);
+            }
             attend_tile(simd, dims, plan, &tile, &mut state, &mut scratch);
             tile_start = tile_end;
         }
@@ -123,6 +131,19 @@ fn slice_chunk<'a>(chunk: &KvChunk<'a>, from: usize, to: usize, dims: &Dims) -> 
         k: slice(chunk.k),
         v: slice(chunk.v),
         positions: &chunk.positions[from..to],
+    }
+}
+
+/// Requests the cache lines of `rows` (and of int8 scales) ahead of their use.
+fn prefetch_rows(rows: &KvRows) {
+    match *rows {
+        KvRows::F32(x) => simd::prefetch(x),
+        KvRows::F16(x) => simd::prefetch(x),
+        KvRows::Bf16(x) => simd::prefetch(x),
+        KvRows::Int8 { values, scales } => {
+            simd::prefetch(values);
+            simd::prefetch(scales);
+        }
     }
 }
 

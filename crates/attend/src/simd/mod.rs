@@ -627,5 +627,23 @@ pub fn scale(alpha: f32, x: &mut [f32]) {
     dispatch_best(Op(alpha, x))
 }
 
+/// Asks the CPU to start loading `x` into its L2 cache, one request per 64-byte line, so
+/// that a later pass finds it there. A hint only: results do not change, and on other
+/// architectures than x86-64 it does nothing.
+pub(crate) fn prefetch<T>(x: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let start = x.as_ptr().cast::<i8>();
+        for offset in (0..std::mem::size_of_val(x)).step_by(64) {
+            // SAFETY: SSE is part of x86-64; `start + offset` lies inside `x`, and a
+            // prefetch neither faults nor changes memory or registers.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(start.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 #[cfg(test)]
 mod tests;
