@@ -153,7 +153,10 @@ fn greedy_generate_matches_llamacpp() {
     assert!(margins[1..19].iter().all(|m| m.as_f64().unwrap() >= 0.2));
     let json = greedy_colors(SMOLLM2, &[]);
     assert_eq!(ids(&json["prompt_tokens"]), ids(&case["prompt_ids"]));
-    assert_eq!(ids(&json["tokens"])[..19], ids(&case["generated_ids"])[..19]);
+    assert_eq!(
+        ids(&json["tokens"])[..19],
+        ids(&case["generated_ids"])[..19]
+    );
 }
 
 #[test]

@@ -14,10 +14,11 @@
 //! acc' = acc * exp(m - m') + sum_j exp(s_j - m') * v_j
 //! ```
 //!
-//! Within a tile, the K rows are read once, front to back, and converted to f32 (f32 rows
-//! are read in place). Each kv head's rows are then scored against all query rows of its
-//! group in one [`Simd::qk_rows`] call, and the V rows go the same way into
-//! [`Simd::pv_tile`]. The splits of a sequence are then merged in split order through
+//! Within a tile, f32 and f16 K rows are read in place (f16 widened as the products load
+//! it), and bf16 and int8 rows are converted to f32 once, front to back. Each kv head's
+//! rows are then scored against all query rows of its group in one [`Simd::qk_rows`] (or
+//! [`Simd::qk_rows_f16`]) call, and the V rows go the same way into [`Simd::pv_tile`]
+//! (or [`Simd::pv_tile_f16`]). While a tile is computed, the next one is prefetched. The splits of a sequence are then merged in split order through
 //! their log-sum-exp, so the result depends on the split size (a constant) and not on the
 //! number of threads: it is bitwise identical for any thread count.
 //!
@@ -110,8 +111,8 @@ impl VisibleRange {
 ///
 /// Extra memory: one partial output of `n_heads * q_len * head_dim` f32 per split of
 /// [`SPLIT_TOKENS`] cached tokens (for one query and f32 storage with GQA 32/8 heads,
-/// 0.8% of the K/V bytes read), and per running task a tile of `n_kv_heads *
-/// TILE_TOKENS * head_dim` f32 values, all freed before returning.
+/// 0.8% of the K/V bytes read), and for bf16 and int8 storage per running task a tile
+/// of `n_kv_heads * TILE_TOKENS * head_dim` f32 values, all freed before returning.
 ///
 /// # Shapes
 /// - `q: [batch, q_len, n_heads, head_dim]`, f32

@@ -1,9 +1,11 @@
 //! One split-KV task: an online softmax over a range of one sequence's cached tokens.
 
+use half::f16;
+
 use super::{visible_ranges, Dims, VisibleRange, TILE_TOKENS};
 use crate::kv::{KvChunk, KvRows, KvSeqView};
 use crate::layout::Bshd;
-use crate::simd::{Simd, TILE_Q};
+use crate::simd::{self, Simd, TILE_Q};
 
 /// Unnormalised result of one split, per query row `r = head_idx * q_len + q_idx`.
 pub(crate) struct Partial {
@@ -80,7 +82,7 @@ pub(crate) fn run_split<S: Simd>(
     let mut scratch = Scratch {
         scores: vec![0.0; rows * TILE_TOKENS],
         probs_t: vec![0.0; TILE_TOKENS * TILE_Q],
-        converted: vec![0.0; dims.n_kv_heads * TILE_TOKENS * dims.head_dim],
+        converted: Vec::new(),
     };
 
     // Runs are in view order, so the first run that ends after `start` is found by
@@ -95,6 +97,14 @@ pub(crate) fn run_split<S: Simd>(
         while tile_start < to {
             let tile_end = (tile_start + TILE_TOKENS).min(to);
             let tile = slice_chunk(&run.chunk, tile_start, tile_end, dims);
+            // Streaming K and V from memory is the bottleneck at depth: request the next
+            // tile of this run while this one is computed.
+            let next_end = (tile_end + TILE_TOKENS).min(to);
+            if tile_end < next_end {
+                let next = slice_chunk(&run.chunk, tile_end, next_end, dims);
+                prefetch_rows(&next.k);
+                prefetch_rows(&next.v);
+            }
             attend_tile(simd, dims, plan, &tile, &mut state, &mut scratch);
             tile_start = tile_end;
         }
@@ -124,56 +134,65 @@ fn slice_chunk<'a>(chunk: &KvChunk<'a>, from: usize, to: usize, dims: &Dims) -> 
     }
 }
 
+/// Requests the cache lines of `rows` (and of int8 scales) ahead of their use.
+fn prefetch_rows(rows: &KvRows) {
+    match *rows {
+        KvRows::F32(x) => simd::prefetch(x),
+        KvRows::F16(x) => simd::prefetch(x),
+        KvRows::Bf16(x) => simd::prefetch(x),
+        KvRows::Int8 { values, scales } => {
+            simd::prefetch(values);
+            simd::prefetch(scales);
+        }
+    }
+}
+
 /// Per-task buffers.
 struct Scratch {
     /// Scores, then probabilities, of the current tile, `[rows, TILE_TOKENS]`.
     scores: Vec<f32>,
     /// Up to `TILE_Q` rows of `scores` transposed for `Simd::pv_tile`, `[TILE_TOKENS, TILE_Q]`.
     probs_t: Vec<f32>,
-    /// The tile's K or V rows converted to f32, `[TILE_TOKENS, n_kv_heads, head_dim]`.
+    /// The tile's bf16 or int8 K or V rows converted to f32, `[tile_len, n_kv_heads,
+    /// head_dim]`; empty until a tile needs it, as f32 and f16 rows are read in place.
     converted: Vec<f32>,
 }
 
-/// The K or V rows of a tile as f32: kv head `h`, token `t` starts at
-/// `values[h * head_stride + t * row_stride]`.
-struct F32Rows<'a> {
-    values: &'a [f32],
-    head_stride: usize,
-    row_stride: usize,
+/// The K or V rows of a tile as the products read them: kv head `h`, token `t` starts at
+/// element `h * head_dim + t * n_kv_heads * head_dim`.
+#[derive(Clone, Copy)]
+enum TileRows<'a> {
+    /// f32 rows: the storage itself, or bf16 and int8 rows converted.
+    F32(&'a [f32]),
+    /// f16 rows in place, widened inside [`Simd::qk_rows_f16`] and
+    /// [`Simd::pv_tile_f16`] as they are loaded, so each element is read once.
+    F16(&'a [f16]),
 }
 
-impl F32Rows<'_> {
-    /// Returns the rows of one kv head, from its first token to the end of `values`.
-    fn head(&self, kv_head: usize) -> &[f32] {
-        &self.values[kv_head * self.head_stride..]
-    }
-}
-
-/// Returns the K or V rows of the tile as f32: in place for f32 storage, else converted
-/// into `buffer` (int8 values times their scale). The conversion keeps the storage
-/// layout, so it reads the tile front to back in one pass.
+/// Returns the K or V rows of the tile: in place for f32 and f16 storage, else converted
+/// to f32 into `buffer`, grown to fit (int8 values times their scale). The conversion
+/// keeps the storage layout, so it reads the tile front to back in one pass.
 ///
 /// # Shapes
 /// `rows` and `buffer[..tile_len * n_kv_heads * head_dim]`: `[tile_len, n_kv_heads, head_dim]`.
-fn f32_rows<'a, S: Simd>(
+fn tile_rows<'a, S: Simd>(
     simd: S,
     rows: &KvRows<'a>,
     tile_len: usize,
     dims: &Dims,
-    buffer: &'a mut [f32],
-) -> F32Rows<'a> {
-    let (n_kv_heads, head_dim) = (dims.n_kv_heads, dims.head_dim);
-    let row_stride = n_kv_heads * head_dim;
-    let len = tile_len * row_stride;
-    let values: &[f32] = match *rows {
-        KvRows::F32(x) => x,
-        KvRows::F16(x) => {
-            simd.widen_f16(&x[..len], &mut buffer[..len]);
-            buffer
-        }
+    buffer: &'a mut Vec<f32>,
+) -> TileRows<'a> {
+    let head_dim = dims.head_dim;
+    let len = tile_len * dims.n_kv_heads * head_dim;
+    if !matches!(rows, KvRows::F32(_) | KvRows::F16(_)) && buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    match *rows {
+        KvRows::F32(x) => TileRows::F32(x),
+        KvRows::F16(x) => TileRows::F16(x),
         KvRows::Bf16(x) => {
             simd.widen_bf16(&x[..len], &mut buffer[..len]);
-            buffer
+            TileRows::F32(buffer)
         }
         KvRows::Int8 { values, scales } => {
             let head_rows = buffer[..len].chunks_exact_mut(head_dim);
@@ -182,13 +201,8 @@ fn f32_rows<'a, S: Simd>(
                     *o = f32::from(value) * scale;
                 }
             }
-            buffer
+            TileRows::F32(buffer)
         }
-    };
-    F32Rows {
-        values,
-        head_stride: head_dim,
-        row_stride,
     }
 }
 
@@ -222,23 +236,45 @@ fn attend_tile<S: Simd>(
         .iter()
         .all(|range| range.contains(first) && range.contains(last));
 
-    // Step 1: scores. The tile's K rows are converted to f32 once, and each kv head's
-    // rows are scored against all query rows of its group. Then the softcap applies,
-    // and hidden pairs get -inf.
+    // Step 1: scores. The tile's K rows are read in place (f32, f16) or converted to
+    // f32 once, and each kv head's rows are scored against all query rows of its group.
+    // Then the softcap applies, and hidden pairs get -inf.
     let scores = &mut scratch.scores;
-    let keys = f32_rows(simd, &tile.k, tile_len, dims, &mut scratch.converted);
+    let row_stride = n_kv_heads * head_dim;
+    let keys = tile_rows(simd, &tile.k, tile_len, dims, &mut scratch.converted);
     for kv_head in 0..n_kv_heads {
         let group = kv_head * group_rows..(kv_head + 1) * group_rows;
-        simd.qk_rows(
-            &plan.q_rows[group.start * head_dim..group.end * head_dim],
-            keys.head(kv_head),
-            keys.row_stride,
-            tile_len,
-            head_dim,
-            dims.scale,
-            &mut scores[group.start * TILE_TOKENS..group.end * TILE_TOKENS],
-            TILE_TOKENS,
-        );
+        let q = &plan.q_rows[group.start * head_dim..group.end * head_dim];
+        let s = &mut scores[group.start * TILE_TOKENS..group.end * TILE_TOKENS];
+        let head = kv_head * head_dim;
+        match keys {
+            TileRows::F32(k) => {
+                let k = &k[head..];
+                simd.qk_rows(
+                    q,
+                    k,
+                    row_stride,
+                    tile_len,
+                    head_dim,
+                    dims.scale,
+                    s,
+                    TILE_TOKENS,
+                )
+            }
+            TileRows::F16(k) => {
+                let k = &k[head..];
+                simd.qk_rows_f16(
+                    q,
+                    k,
+                    row_stride,
+                    tile_len,
+                    head_dim,
+                    dims.scale,
+                    s,
+                    TILE_TOKENS,
+                )
+            }
+        }
     }
     if dims.softcap.is_some() || !seen_whole_by_all {
         for row in 0..dims.rows() {
@@ -279,9 +315,9 @@ fn attend_tile<S: Simd>(
         state.m[row] = m_new;
     }
 
-    // Step 3: accumulate V. The tile's V rows are converted to f32 once, and each kv
+    // Step 3: accumulate V. The tile's V rows are read like the K rows, and each kv
     // head's rows are multiplied into its group's output rows.
-    let values = f32_rows(simd, &tile.v, tile_len, dims, &mut scratch.converted);
+    let values = tile_rows(simd, &tile.v, tile_len, dims, &mut scratch.converted);
     for kv_head in 0..n_kv_heads {
         // pv_tile takes probabilities transposed, `[tokens, TILE_Q]`, so a group with
         // more than TILE_Q query rows goes through it in blocks of TILE_Q rows.
@@ -293,14 +329,15 @@ fn attend_tile<S: Simd>(
                     scratch.probs_t[token * TILE_Q + i] = scores[row * TILE_TOKENS + token];
                 }
             }
-            simd.pv_tile(
-                &scratch.probs_t[..tile_len * TILE_Q],
-                values.head(kv_head),
-                values.row_stride,
-                tile_len,
-                head_dim,
-                &mut state.acc[block.start * head_dim..block.end * head_dim],
-            );
+            let pt = &scratch.probs_t[..tile_len * TILE_Q];
+            let o = &mut state.acc[block.start * head_dim..block.end * head_dim];
+            let head = kv_head * head_dim;
+            match values {
+                TileRows::F32(v) => simd.pv_tile(pt, &v[head..], row_stride, tile_len, head_dim, o),
+                TileRows::F16(v) => {
+                    simd.pv_tile_f16(pt, &v[head..], row_stride, tile_len, head_dim, o)
+                }
+            }
         }
     }
 }

@@ -117,22 +117,21 @@ impl Simd for Avx512 {
         s: &mut [f32],
         s_row_stride: usize,
     ) {
-        let (rows, cols) = qk_rows_shape(q, k, k_row_stride, cols, head_dim, s, s_row_stride);
-        let block = ScoreRows {
-            q: q.as_ptr(),
-            k: k.as_ptr(),
-            k_row_stride,
-            cols,
-            head_dim,
-            scale,
-            s: s.as_mut_ptr(),
-            s_row_stride,
-        };
-        // SAFETY: the token proves avx512f; `qk_rows_shape` guarantees that `q` contains
-        // `rows * head_dim` elements, `k` has `cols` rows of `head_dim` at
-        // `k_row_stride`, and row `r < rows` of `s` has `cols` elements at
-        // `r * s_row_stride`.
-        unsafe { qk_rows(block, rows) }
+        self.qk_rows_widened(q, k, k_row_stride, cols, head_dim, scale, s, s_row_stride)
+    }
+
+    fn qk_rows_f16(
+        self,
+        q: &[f32],
+        k: &[f16],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        s: &mut [f32],
+        s_row_stride: usize,
+    ) {
+        self.qk_rows_widened(q, k, k_row_stride, cols, head_dim, scale, s, s_row_stride)
     }
 
     fn qk_tile(
@@ -267,6 +266,64 @@ impl Simd for Avx512 {
         head_dim: usize,
         o: &mut [f32],
     ) {
+        self.pv_tile_widened(pt, v, v_row_stride, cols, head_dim, o)
+    }
+
+    fn pv_tile_f16(
+        self,
+        pt: &[f32],
+        v: &[f16],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        self.pv_tile_widened(pt, v, v_row_stride, cols, head_dim, o)
+    }
+}
+
+impl Avx512 {
+    /// [`Simd::qk_rows`] over f32 or f16 keys; f16 keys are widened in registers.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_rows_widened<T: Widen>(
+        self,
+        q: &[f32],
+        k: &[T],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        s: &mut [f32],
+        s_row_stride: usize,
+    ) {
+        let (rows, cols) = qk_rows_shape(q, k, k_row_stride, cols, head_dim, s, s_row_stride);
+        let block = ScoreRows {
+            q: q.as_ptr(),
+            k: k.as_ptr(),
+            k_row_stride,
+            cols,
+            head_dim,
+            scale,
+            s: s.as_mut_ptr(),
+            s_row_stride,
+        };
+        // SAFETY: the token proves avx512f; `qk_rows_shape` guarantees that `q` contains
+        // `rows * head_dim` elements, `k` has `cols` rows of `head_dim` at
+        // `k_row_stride`, and row `r < rows` of `s` has `cols` elements at
+        // `r * s_row_stride`.
+        unsafe { qk_rows(block, rows) }
+    }
+
+    /// [`Simd::pv_tile`] over f32 or f16 values; f16 values are widened in registers.
+    fn pv_tile_widened<T: Widen>(
+        self,
+        pt: &[f32],
+        v: &[T],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
         let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
         // SAFETY: the token proves avx512f; `pv_tile_shape` guarantees `pt` holds
         // `cols * TILE_Q` elements, `v` has `cols` rows of `head_dim` at
@@ -291,13 +348,47 @@ fn lane_mask(count: usize) -> __mmask16 {
     ((1u32 << count) - 1) as __mmask16
 }
 
-/// A 16-bit storage type that widens 16 lanes at a time to f32.
+/// A storage type that loads 16 lanes at a time as f32: f32 itself, or a 16-bit type
+/// widened on load.
 trait Widen: crate::dtype::Element {
     /// Loads 16 elements from `ptr` as f32.
     ///
     /// # Safety
     /// avx512f must be available and `ptr` valid for 16 reads.
     unsafe fn load_lanes(ptr: *const Self) -> __m512;
+
+    /// Loads the low lanes that `mask` selects from `ptr` as f32 and sets the others to 0.
+    ///
+    /// # Safety
+    /// avx512f must be available, `mask` must select the low `mask.count_ones()` lanes,
+    /// and `ptr` must be valid for that many reads.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_lanes_masked(ptr: *const Self, mask: __mmask16) -> __m512 {
+        if mask == 0xFFFF {
+            return Self::load_lanes(ptr);
+        }
+        // A masked 16-bit load needs AVX512BW, which the token does not promise: copy
+        // the selected elements into a zero-padded block instead. Only a head_dim that is
+        // not a multiple of 16 comes here.
+        let mut block = [Self::default(); LANES];
+        std::ptr::copy_nonoverlapping(ptr, block.as_mut_ptr(), mask.count_ones() as usize);
+        Self::load_lanes(block.as_ptr())
+    }
+}
+
+impl Widen for f32 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_lanes(ptr: *const Self) -> __m512 {
+        _mm512_loadu_ps(ptr)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_lanes_masked(ptr: *const Self, mask: __mmask16) -> __m512 {
+        _mm512_maskz_loadu_ps(mask, ptr)
+    }
 }
 
 impl Widen for f16 {
@@ -730,9 +821,9 @@ unsafe fn softmax_tile(st: *mut f32, cols: usize, m: *mut f32, l: *mut f32, corr
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn pv_tile(
+unsafe fn pv_tile<T: Widen>(
     pt: *const f32,
-    v: *const f32,
+    v: *const T,
     v_row_stride: usize,
     cols: usize,
     head_dim: usize,
@@ -860,18 +951,19 @@ unsafe fn store_output<const ROWS: usize, const VECTORS: usize>(
     }
 }
 
-/// An f32 value tile product `o += pt^T v`, with the shapes of [`Simd::pv_tile`].
+/// A value tile product `o += pt^T v`, with the shapes of [`Simd::pv_tile`]; the values
+/// are f32 or f16.
 #[derive(Clone, Copy)]
-struct ValueTile {
+struct ValueTile<T> {
     pt: *const f32,
-    v: *const f32,
+    v: *const T,
     v_row_stride: usize,
     cols: usize,
     o: *mut f32,
     head_dim: usize,
 }
 
-impl OutputKernel for ValueTile {
+impl<T: Widen> OutputKernel for ValueTile<T> {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn accumulate<const ROWS: usize, const VECTORS: usize>(
@@ -887,7 +979,7 @@ impl OutputKernel for ValueTile {
             let v_row = self.v.add(kv * self.v_row_stride + d0);
             let mut values = [_mm512_setzero_ps(); VECTORS];
             for (c, value) in values.iter_mut().enumerate() {
-                *value = _mm512_maskz_loadu_ps(mask(c), v_row.add(c * LANES));
+                *value = T::load_lanes_masked(v_row.add(c * LANES), mask(c));
             }
             for (r, acc_row) in acc.iter_mut().enumerate() {
                 let weight = _mm512_set1_ps(*self.pt.add(kv * TILE_Q + row + r));
@@ -1029,11 +1121,12 @@ impl OutputKernel for PairTile {
     }
 }
 
-/// Operands of [`qk_rows`], with `q` and `s` offset to the first row of a block.
+/// Operands of [`qk_rows`], with `q` and `s` offset to the first row of a block; the
+/// keys are f32 or f16.
 #[derive(Clone, Copy)]
-struct ScoreRows {
+struct ScoreRows<T> {
     q: *const f32,
-    k: *const f32,
+    k: *const T,
     k_row_stride: usize,
     cols: usize,
     head_dim: usize,
@@ -1048,7 +1141,7 @@ struct ScoreRows {
 /// avx512f must be available, and `block` must satisfy the shapes of `Simd::qk_rows`
 /// for `rows` query rows.
 #[target_feature(enable = "avx512f")]
-unsafe fn qk_rows(block: ScoreRows, rows: usize) {
+unsafe fn qk_rows<T: Widen>(block: ScoreRows<T>, rows: usize) {
     let mut row = 0;
     while row < rows {
         let step = (rows - row).min(4);
@@ -1058,10 +1151,10 @@ unsafe fn qk_rows(block: ScoreRows, rows: usize) {
             ..block
         };
         match step {
-            4 => qk_row_block::<4>(rows_block),
-            3 => qk_row_block::<3>(rows_block),
-            2 => qk_row_block::<2>(rows_block),
-            _ => qk_row_block::<1>(rows_block),
+            4 => qk_row_block::<4, T>(rows_block),
+            3 => qk_row_block::<3, T>(rows_block),
+            2 => qk_row_block::<2, T>(rows_block),
+            _ => qk_row_block::<1, T>(rows_block),
         }
         row += step;
     }
@@ -1072,7 +1165,7 @@ unsafe fn qk_rows(block: ScoreRows, rows: usize) {
 /// vectors of a row at once instead of one horizontal sum per key.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn qk_row_block<const ROWS: usize>(block: ScoreRows) {
+unsafe fn qk_row_block<const ROWS: usize, T: Widen>(block: ScoreRows<T>) {
     let ScoreRows {
         q,
         k,
@@ -1095,7 +1188,7 @@ unsafe fn qk_row_block<const ROWS: usize>(block: ScoreRows) {
             let k_row = k.add((key0 + j) * k_row_stride);
             let mut acc = [_mm512_setzero_ps(); ROWS];
             for c in 0..full_vectors {
-                let key = _mm512_loadu_ps(k_row.add(c * LANES));
+                let key = T::load_lanes(k_row.add(c * LANES));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let query = _mm512_loadu_ps(q.add(r * head_dim + c * LANES));
                     *acc = _mm512_fmadd_ps(query, key, *acc);
@@ -1103,7 +1196,7 @@ unsafe fn qk_row_block<const ROWS: usize>(block: ScoreRows) {
             }
             if tail_mask != 0 {
                 let offset = full_vectors * LANES;
-                let key = _mm512_maskz_loadu_ps(tail_mask, k_row.add(offset));
+                let key = T::load_lanes_masked(k_row.add(offset), tail_mask);
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let query = _mm512_maskz_loadu_ps(tail_mask, q.add(r * head_dim + offset));
                     *acc = _mm512_fmadd_ps(query, key, *acc);

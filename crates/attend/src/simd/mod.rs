@@ -176,14 +176,50 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
         s: &mut [f32],
         s_row_stride: usize,
     ) {
-        let (rows, cols) = qk_rows_shape(q, k, k_row_stride, cols, head_dim, s, s_row_stride);
-        for row in 0..rows {
-            let q_row = &q[row * head_dim..][..head_dim];
-            for col in 0..cols {
-                let k_row = &k[col * k_row_stride..][..head_dim];
-                s[row * s_row_stride + col] = scale * self.dot(q_row, k_row);
-            }
-        }
+        let dot = |q: &[f32], k: &[f32]| self.dot(q, k);
+        portable::qk_rows_by_dot(
+            q,
+            k,
+            k_row_stride,
+            cols,
+            head_dim,
+            scale,
+            s,
+            s_row_stride,
+            dot,
+        )
+    }
+
+    /// [`Simd::qk_rows`] with the key rows stored as f16, widened to f32 as they are
+    /// loaded, so no f32 copy of the keys is written. Products and sums are f32, as in
+    /// [`Simd::qk_rows`] over the widened keys.
+    ///
+    /// # Shapes
+    /// As for [`Simd::qk_rows`].
+    #[allow(clippy::too_many_arguments)]
+    fn qk_rows_f16(
+        self,
+        q: &[f32],
+        k: &[f16],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        s: &mut [f32],
+        s_row_stride: usize,
+    ) {
+        let dot = |q: &[f32], k: &[f16]| self.dot_f16(q, k);
+        portable::qk_rows_by_dot(
+            q,
+            k,
+            k_row_stride,
+            cols,
+            head_dim,
+            scale,
+            s,
+            s_row_stride,
+            dot,
+        )
     }
 
     /// Computes a transposed score tile: `st[j][i] = scale * sum_d k[j][d] * qt[d][i]`.
@@ -300,6 +336,24 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
         head_dim: usize,
         o: &mut [f32],
     );
+
+    /// [`Simd::pv_tile`] with the value rows stored as f16, widened to f32 as they are
+    /// loaded, so no f32 copy of the values is written.
+    ///
+    /// # Shapes
+    /// As for [`Simd::pv_tile`].
+    fn pv_tile_f16(
+        self,
+        pt: &[f32],
+        v: &[f16],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        let axpy = |alpha: f32, x: &[f16], y: &mut [f32]| self.axpy_f16(alpha, x, y);
+        portable::pv_tile_by_axpy(pt, v, v_row_stride, cols, head_dim, o, axpy)
+    }
 }
 
 /// Returns how many rows of a strided `[rows, head_dim]` slice of `len` elements fit,
@@ -318,9 +372,9 @@ fn strided_rows(len: usize, row_stride: usize, rows: usize, head_dim: usize) -> 
 
 /// Returns `(rows, cols)` that fit every slice of [`Simd::qk_rows`].
 #[inline]
-fn qk_rows_shape(
+fn qk_rows_shape<T>(
     q: &[f32],
-    k: &[f32],
+    k: &[T],
     k_row_stride: usize,
     cols: usize,
     head_dim: usize,
@@ -369,9 +423,9 @@ fn qk_tile_cols(
 
 /// Returns `(rows, cols)` that fit every slice of a pv tile.
 #[inline]
-fn pv_tile_shape(
+fn pv_tile_shape<T>(
     pt: &[f32],
-    v: &[f32],
+    v: &[T],
     v_row_stride: usize,
     cols: usize,
     head_dim: usize,
@@ -571,6 +625,24 @@ pub fn scale(alpha: f32, x: &mut [f32]) {
         }
     }
     dispatch_best(Op(alpha, x))
+}
+
+/// Asks the CPU to start loading `x` into its L2 cache, one request per 64-byte line, so
+/// that a later pass finds it there. A hint only: results do not change, and on other
+/// architectures than x86-64 it does nothing.
+pub(crate) fn prefetch<T>(x: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let start = x.as_ptr().cast::<i8>();
+        for offset in (0..std::mem::size_of_val(x)).step_by(64) {
+            // SAFETY: SSE is part of x86-64; `start + offset` lies inside `x`, and a
+            // prefetch neither faults nor changes memory or registers.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(start.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
 }
 
 #[cfg(test)]

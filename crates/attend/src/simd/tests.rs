@@ -77,6 +77,7 @@ impl SimdOp for TilePrimitives {
                 for row_stride in [head_dim, head_dim + 3] {
                     let qt = values(head_dim * TILE_Q, 3);
                     let k = values(cols * row_stride, 4);
+                    let k_f16: Vec<f16> = k.iter().map(|&x| f16::from_f32(x)).collect();
                     let mut st = vec![0.0; cols * TILE_Q];
                     simd.qk_tile(&qt, &k, row_stride, cols, head_dim, 0.125, &mut st);
                     results.extend(&st);
@@ -86,6 +87,10 @@ impl SimdOp for TilePrimitives {
                         let q = values(rows * head_dim, 7);
                         let mut s = vec![0.0; rows * TILE_KV];
                         simd.qk_rows(&q, &k, row_stride, cols, head_dim, 0.125, &mut s, TILE_KV);
+                        results.extend(&s);
+                        let mut s = vec![0.0; rows * TILE_KV];
+                        let (k, scale) = (&k_f16, 0.125);
+                        simd.qk_rows_f16(&q, k, row_stride, cols, head_dim, scale, &mut s, TILE_KV);
                         results.extend(&s);
                     }
 
@@ -131,6 +136,10 @@ impl SimdOp for TilePrimitives {
                         let v = values(cols * row_stride, 5);
                         let mut o = values(rows * head_dim, 6);
                         simd.pv_tile(&st, &v, row_stride, cols, head_dim, &mut o);
+                        results.extend(&o);
+                        let v_f16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+                        let mut o = values(rows * head_dim, 6);
+                        simd.pv_tile_f16(&st, &v_f16, row_stride, cols, head_dim, &mut o);
                         results.extend(&o);
 
                         // The same product with P rounded to bf16 and bf16 values in
