@@ -266,9 +266,9 @@ mod tests {
         x / (1.0 + (-2.0 * u).exp())
     }
 
-    /// The error bound of the module's documentation at input `x`; `z_scale` is
-    /// the magnitude of the sigmoid's argument, which widens it for tanh-GELU
-    /// (zero for SiLU and tanh).
+    /// Checks `got` against `want` within the module's error bound at input `x`.
+    /// `z_scale` is the magnitude of the sigmoid's argument, which widens the bound
+    /// for tanh-GELU, and is zero for SiLU and tanh.
     fn within_bound(x: f32, got: f32, want: f64, z_scale: f64) -> bool {
         if want.is_nan() {
             return got.is_nan();

@@ -154,7 +154,8 @@ struct Scratch {
     /// Up to `TILE_Q` rows of `scores` transposed for `Simd::pv_tile`, `[TILE_TOKENS, TILE_Q]`.
     probs_t: Vec<f32>,
     /// The tile's bf16 or int8 K or V rows converted to f32, `[tile_len, n_kv_heads,
-    /// head_dim]`; empty until a tile needs it, as f32 and f16 rows are read in place.
+    /// head_dim]`. It is allocated on the first such tile, because f32 and f16 rows are
+    /// read in place.
     converted: Vec<f32>,
 }
 
@@ -167,6 +168,62 @@ enum TileRows<'a> {
     /// f16 rows in place, widened inside [`Simd::qk_rows_f16`] and
     /// [`Simd::pv_tile_f16`] as they are loaded, so each element is read once.
     F16(&'a [f16]),
+}
+
+impl TileRows<'_> {
+    /// Scores query rows `q` against the tile's `tile_len` keys of the kv head whose
+    /// elements start at `head`, writing `s: [rows, TILE_TOKENS]`.
+    fn score<S: Simd>(
+        self,
+        simd: S,
+        head: usize,
+        q: &[f32],
+        tile_len: usize,
+        dims: &Dims,
+        s: &mut [f32],
+    ) {
+        let (head_dim, row_stride) = (dims.head_dim, dims.n_kv_heads * dims.head_dim);
+        match self {
+            TileRows::F32(k) => simd.qk_rows(
+                q,
+                &k[head..],
+                row_stride,
+                tile_len,
+                head_dim,
+                dims.scale,
+                s,
+                TILE_TOKENS,
+            ),
+            TileRows::F16(k) => simd.qk_rows_f16(
+                q,
+                &k[head..],
+                row_stride,
+                tile_len,
+                head_dim,
+                dims.scale,
+                s,
+                TILE_TOKENS,
+            ),
+        }
+    }
+
+    /// Adds `pt^T v` to the output rows `o`, with `v` the tile's `tile_len` value rows
+    /// of the kv head whose elements start at `head` (shapes of [`Simd::pv_tile`]).
+    fn accumulate<S: Simd>(
+        self,
+        simd: S,
+        head: usize,
+        pt: &[f32],
+        tile_len: usize,
+        dims: &Dims,
+        o: &mut [f32],
+    ) {
+        let (head_dim, row_stride) = (dims.head_dim, dims.n_kv_heads * dims.head_dim);
+        match self {
+            TileRows::F32(v) => simd.pv_tile(pt, &v[head..], row_stride, tile_len, head_dim, o),
+            TileRows::F16(v) => simd.pv_tile_f16(pt, &v[head..], row_stride, tile_len, head_dim, o),
+        }
+    }
 }
 
 /// Returns the K or V rows of the tile: in place for f32 and f16 storage, else converted
@@ -240,41 +297,12 @@ fn attend_tile<S: Simd>(
     // f32 once, and each kv head's rows are scored against all query rows of its group.
     // Then the softcap applies, and hidden pairs get -inf.
     let scores = &mut scratch.scores;
-    let row_stride = n_kv_heads * head_dim;
     let keys = tile_rows(simd, &tile.k, tile_len, dims, &mut scratch.converted);
     for kv_head in 0..n_kv_heads {
         let group = kv_head * group_rows..(kv_head + 1) * group_rows;
         let q = &plan.q_rows[group.start * head_dim..group.end * head_dim];
         let s = &mut scores[group.start * TILE_TOKENS..group.end * TILE_TOKENS];
-        let head = kv_head * head_dim;
-        match keys {
-            TileRows::F32(k) => {
-                let k = &k[head..];
-                simd.qk_rows(
-                    q,
-                    k,
-                    row_stride,
-                    tile_len,
-                    head_dim,
-                    dims.scale,
-                    s,
-                    TILE_TOKENS,
-                )
-            }
-            TileRows::F16(k) => {
-                let k = &k[head..];
-                simd.qk_rows_f16(
-                    q,
-                    k,
-                    row_stride,
-                    tile_len,
-                    head_dim,
-                    dims.scale,
-                    s,
-                    TILE_TOKENS,
-                )
-            }
-        }
+        keys.score(simd, kv_head * head_dim, q, tile_len, dims, s);
     }
     if dims.softcap.is_some() || !seen_whole_by_all {
         for row in 0..dims.rows() {
@@ -331,13 +359,7 @@ fn attend_tile<S: Simd>(
             }
             let pt = &scratch.probs_t[..tile_len * TILE_Q];
             let o = &mut state.acc[block.start * head_dim..block.end * head_dim];
-            let head = kv_head * head_dim;
-            match values {
-                TileRows::F32(v) => simd.pv_tile(pt, &v[head..], row_stride, tile_len, head_dim, o),
-                TileRows::F16(v) => {
-                    simd.pv_tile_f16(pt, &v[head..], row_stride, tile_len, head_dim, o)
-                }
-            }
+            values.accumulate(simd, kv_head * head_dim, pt, tile_len, dims, o);
         }
     }
 }

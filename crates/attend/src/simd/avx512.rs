@@ -307,10 +307,10 @@ impl Avx512 {
             s: s.as_mut_ptr(),
             s_row_stride,
         };
-        // SAFETY: the token proves avx512f; `qk_rows_shape` guarantees that `q` contains
-        // `rows * head_dim` elements, `k` has `cols` rows of `head_dim` at
-        // `k_row_stride`, and row `r < rows` of `s` has `cols` elements at
-        // `r * s_row_stride`.
+        // SAFETY: the token proves avx512f. `qk_rows_shape` guarantees that `q` contains
+        // `rows * head_dim` elements and `k` has `cols` rows of `head_dim` at
+        // `k_row_stride`. It also guarantees that row `r < rows` of `s` has `cols`
+        // elements at `r * s_row_stride`.
         unsafe { qk_rows(block, rows) }
     }
 

@@ -75,7 +75,8 @@ fn quantize_row_with(
 /// Writes the 16 codes of `values` scaled by `inverse` and returns their sum.
 #[target_feature(enable = "avx512f")]
 fn quantize_group_avx512(values: &[f32], inverse: f32, codes: &mut [i8]) -> i32 {
-    assert!(values.len() == GROUP && codes.len() == GROUP);
+    assert_eq!(values.len(), GROUP);
+    assert_eq!(codes.len(), GROUP);
     // SAFETY: `values` contains GROUP = 16 floats, one vector.
     let v = unsafe { _mm512_loadu_ps(values.as_ptr()) };
     let ints = _mm512_cvtps_epi32(round_clamp_avx512(_mm512_mul_ps(
@@ -147,7 +148,8 @@ pub(super) fn quantize_row_avx2(
 /// As [`quantize_group_avx512`], in two vectors of 8.
 #[target_feature(enable = "avx2")]
 fn quantize_group_avx2(values: &[f32], inverse: f32, codes: &mut [i8]) -> i32 {
-    assert!(values.len() == GROUP && codes.len() == GROUP);
+    assert_eq!(values.len(), GROUP);
+    assert_eq!(codes.len(), GROUP);
     let inverse = _mm256_set1_ps(inverse);
     // SAFETY: `values` contains GROUP = 16 floats, two vectors.
     let (low, high) = unsafe {
