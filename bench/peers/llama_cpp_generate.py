@@ -15,6 +15,10 @@ import time
 
 import llama_cpp
 
+# ggml_type ids of the K/V storage types both engines offer (ggml.h: GGML_TYPE_F16 = 1,
+# GGML_TYPE_BF16 = 30); llama-cpp-python exports only some of them as constants.
+GGML_KV_TYPES = {"f16": 1, "bf16": 30}
+
 
 def parse_args():
     p = argparse.ArgumentParser()
@@ -24,6 +28,12 @@ def parse_args():
     p.add_argument("--depth", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--flash-attn", type=int, default=1)
+    p.add_argument(
+        "--kv-dtype",
+        choices=sorted(GGML_KV_TYPES),
+        default="f16",
+        help="storage type of the K/V cache, as attend's --kv-dtype",
+    )
     return p.parse_args()
 
 
@@ -38,6 +48,8 @@ def main():
         n_threads=args.threads,
         n_threads_batch=args.threads,
         flash_attn=bool(args.flash_attn),
+        type_k=GGML_KV_TYPES[args.kv_dtype],
+        type_v=GGML_KV_TYPES[args.kv_dtype],
         verbose=False,
     )
     rng = random.Random(0)
@@ -65,6 +77,7 @@ def main():
             {
                 "prefill_tokens_per_s": args.prompt_tokens / prefill_s,
                 "decode_tokens_per_s": args.gen_tokens / decode_s,
+                "kv_dtype": args.kv_dtype,
                 "peer": "llama.cpp",
                 "version": llama_cpp.__version__,
             }

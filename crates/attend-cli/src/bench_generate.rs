@@ -9,6 +9,8 @@ use attend::kv::KvDtype;
 use attend_models::sampling::argmax;
 use attend_models::Logits;
 
+use attend_models::quant::Activations;
+
 use crate::common::{init_threads, load_engine, resolve_model, write_error, SMOLLM2_FILE};
 
 /// Options of `attend bench generate`.
@@ -29,6 +31,10 @@ pub struct BenchGenerateArgs {
     /// Storage type of the KV cache.
     #[arg(long, default_value = "f16")]
     pub kv_dtype: KvDtype,
+    /// Activations of the quantized products: q8 (8-bit, fast, as llama.cpp) or f32
+    /// (dequantised weights with f32 GEMM: slower, closer to an f32 reference).
+    #[arg(long, default_value = "q8")]
+    pub activations: Activations,
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -48,7 +54,7 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
     }
     init_threads(args.threads)?;
     let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
-    let engine = load_engine(&path, args.quiet)?;
+    let engine = load_engine(&path, args.quiet, args.activations)?;
     let decoder = engine.decoder();
     let vocab = decoder.config().vocab as u64;
     let ctx = args

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use attend_models::gguf::GgufError;
+use attend_models::quant::Activations;
 use attend_models::{Engine, ModelError};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -105,10 +106,12 @@ pub fn init_threads(threads: Option<usize>) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens a GGUF model and reads its weights into the page cache, showing a
-/// progress bar on a terminal unless `quiet`.
-pub fn load_engine(path: &Path, quiet: bool) -> Result<Engine, String> {
-    let engine = Engine::open(path).map_err(|e| model_error(path, &e))?;
+/// Opens a GGUF model, sets how its products treat their activations, and reads
+/// its weights into the page cache, showing a progress bar on a terminal unless
+/// `quiet`.
+pub fn load_engine(path: &Path, quiet: bool, activations: Activations) -> Result<Engine, String> {
+    let mut engine = Engine::open(path).map_err(|e| model_error(path, &e))?;
+    engine.decoder_mut().set_activations(activations);
     let total = engine.decoder().file().bytes().len() as u64;
     let bar = if quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()

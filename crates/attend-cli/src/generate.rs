@@ -9,6 +9,8 @@ use attend_models::chat::ChatMessage;
 use attend_models::sampling::{SamplingParams, StopReason};
 use attend_models::{Engine, GenerateOutput, GenerateParams, Session};
 
+use attend_models::quant::Activations;
+
 use crate::common::{init_threads, load_engine, mib, resolve_model, write_error, SMOLLM2_FILE};
 
 /// Options shared by `generate` and `chat`.
@@ -24,6 +26,10 @@ pub struct ModelArgs {
     /// Storage type of the KV cache: f32, f16, bf16 or int8.
     #[arg(long, default_value = "f16")]
     pub kv_dtype: KvDtype,
+    /// Activations of the quantized products: q8 (8-bit, fast, as llama.cpp) or f32
+    /// (dequantised weights with f32 GEMM: slower, closer to an f32 reference).
+    #[arg(long, default_value = "q8")]
+    pub activations: Activations,
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -112,7 +118,7 @@ pub(crate) fn open(args: &ModelArgs) -> Result<(Engine, Session), String> {
     }
     init_threads(args.threads)?;
     let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
-    let engine = load_engine(&path, args.quiet)?;
+    let engine = load_engine(&path, args.quiet, args.activations)?;
     let trained = engine.decoder().config().context_trained;
     if args.ctx > trained {
         eprintln!(

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use attend_models::quant::Activations;
+
 use crate::common::{init_threads, load_engine, resolve_model, write_error, SMOLLM2_FILE};
 
 /// Options of `attend perplexity`.
@@ -19,6 +21,10 @@ pub struct PerplexityArgs {
     /// Tokens per chunk, at least 4; the second half of each chunk is scored.
     #[arg(long, default_value_t = 512, allow_negative_numbers = true)]
     pub ctx: usize,
+    /// Activations of the quantized products: q8 (8-bit, fast, as llama.cpp) or f32
+    /// (dequantised weights with f32 GEMM: slower, closer to an f32 reference).
+    #[arg(long, default_value = "q8")]
+    pub activations: Activations,
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -51,7 +57,7 @@ pub fn run(args: &PerplexityArgs) -> Result<(), String> {
     })?;
 
     let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
-    let engine = load_engine(&path, args.quiet)?;
+    let engine = load_engine(&path, args.quiet, args.activations)?;
     let tokens = engine.encode(&text).map_err(|e| e.to_string())?;
     if tokens.len() < 2 * args.ctx {
         return Err(format!(

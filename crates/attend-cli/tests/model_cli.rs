@@ -160,6 +160,18 @@ fn greedy_generate_matches_llamacpp() {
 }
 
 #[test]
+fn f32_activations_generate_the_same_text() {
+    // The f32-activation products move logits by far less than the 0.2 margins of
+    // the first 19 steps, so the greedy text is llama.cpp's there too.
+    let case = llamacpp_greedy("colors");
+    let json = greedy_colors(SMOLLM2, &["--activations", "f32"]);
+    assert_eq!(
+        ids(&json["tokens"])[..19],
+        ids(&case["generated_ids"])[..19]
+    );
+}
+
+#[test]
 fn greedy_code_matches_llamacpp() {
     // Every one of the first 17 tokens wins by at least 0.2 logits in
     // llama.cpp, so the match does not depend on the cache type.
@@ -573,6 +585,12 @@ fn top_p_out_of_range() {
         let output = attend(&["generate", "--top-p", value, "hi"]);
         assert_one_line_error(&output, &[&format!("top-p {value}"), "(0, 1]"]);
     }
+}
+
+#[test]
+fn invalid_activations() {
+    let output = attend(&["generate", "--activations", "f16", "hi"]);
+    assert_one_line_error(&output, &["`f16`", "q8 or f32"]);
 }
 
 #[test]

@@ -84,6 +84,12 @@ impl Engine {
         &self.decoder
     }
 
+    /// The decoder, to change its settings (for example
+    /// [`Decoder::set_activations`]).
+    pub fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }

@@ -3,8 +3,8 @@
 mod quant_support;
 
 use attend_models::quant::{
-    matmul, matmul_many, matmul_prequantized, matmul_with_isa, Isa, Product, QuantError,
-    QuantMatrix, QuantizedActivations,
+    matmul, matmul_many, matmul_many_with, matmul_prequantized, matmul_with, matmul_with_isa,
+    Activations, Isa, Product, QuantError, QuantMatrix, QuantizedActivations,
 };
 use attend_models::GgmlType;
 use proptest::prelude::*;
@@ -300,6 +300,33 @@ fn non_finite_activations_give_nan() {
     }
 }
 
+/// Checks `out = x w^T` against the f64 product within f32 accumulation of `cols`
+/// terms: at most `cols * eps * sum |w x|` per element.
+fn assert_within_f32_rounding(
+    label: &str,
+    w_f32: &[f32],
+    x: &[f32],
+    out: &[f32],
+    rows: usize,
+    cols: usize,
+) {
+    let tokens = x.len() / cols;
+    let exact = reference_product(w_f32, x, rows, cols, tokens);
+    for t in 0..tokens {
+        for r in 0..rows {
+            let magnitude: f64 = (0..cols)
+                .map(|c| (w_f32[r * cols + c] * x[t * cols + c]).abs() as f64)
+                .sum();
+            let bound = cols as f64 * f32::EPSILON as f64 * magnitude;
+            let (got, want) = (out[t * rows + r] as f64, exact[t * rows + r]);
+            assert!(
+                (got - want).abs() <= bound,
+                "{label} out[{t}, {r}]: {got} vs {want}, bound {bound:e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn float_weights_over_several_panels() {
     // 130 rows span three 64-row panels of the F16/BF16 path; F32 bytes at
@@ -312,27 +339,69 @@ fn float_weights_over_several_panels() {
         shifted[1..].copy_from_slice(&bytes);
         let x = random_activations(tokens, cols, &mut rng);
         let w_f32 = dequantize_all(ty, &bytes, rows, cols);
-        let exact = reference_product(&w_f32, &x, rows, cols, tokens);
         for data in [&bytes[..], &shifted[1..]] {
             let w = QuantMatrix::new(ty, data, rows, cols).unwrap();
             let mut out = vec![f32::NAN; tokens * rows];
             matmul(&w, &x, tokens, &mut out).unwrap();
-            for t in 0..tokens {
-                for r in 0..rows {
-                    // f32 accumulation of `cols` products: at most cols * eps * sum |w x|.
-                    let magnitude: f64 = (0..cols)
-                        .map(|c| (w_f32[r * cols + c] * x[t * cols + c]).abs() as f64)
-                        .sum();
-                    let bound = cols as f64 * f32::EPSILON as f64 * magnitude;
-                    let (got, want) = (out[t * rows + r] as f64, exact[t * rows + r]);
-                    assert!(
-                        (got - want).abs() <= bound,
-                        "{ty} out[{t}, {r}]: {got} vs {want}, bound {bound:e}"
-                    );
-                }
+            assert_within_f32_rounding(&format!("{ty}"), &w_f32, &x, &out, rows, cols);
+        }
+    }
+}
+
+#[test]
+fn f32_activations_within_f32_rounding() {
+    // With Activations::F32 the only error left is f32 rounding against the
+    // dequantised weights, for every type: at most cols * eps * sum |w x|, far below
+    // the 8-bit activation bound. 130 rows span three 64-row panels; one token takes
+    // the same panel path as five.
+    let rows = 130;
+    let mut rng = StdRng::seed_from_u64(41);
+    for ty in QUANTIZED.into_iter().chain(FLOAT) {
+        for cols in col_cases(ty) {
+            let bytes = random_weights(ty, rows, cols, &mut rng);
+            let w = QuantMatrix::new(ty, &bytes, rows, cols).unwrap();
+            let w_f32 = dequantize_all(ty, &bytes, rows, cols);
+            for tokens in [1, 5] {
+                let x = random_activations(tokens, cols, &mut rng);
+                let mut out = vec![f32::NAN; tokens * rows];
+                matmul_with(&w, &x, tokens, &mut out, Activations::F32).unwrap();
+                let mut many = vec![f32::NAN; tokens * rows];
+                matmul_many_with(
+                    &x,
+                    tokens,
+                    &mut [Product { w, out: &mut many }],
+                    Activations::F32,
+                )
+                .unwrap();
+                let label = format!("{ty} [{rows}x{cols}] tokens {tokens}");
+                assert_eq!(out, many, "{label}");
+                assert_within_f32_rounding(&label, &w_f32, &x, &out, rows, cols);
             }
         }
     }
+}
+
+#[test]
+fn f32_activations_check_lengths() {
+    let mut rng = StdRng::seed_from_u64(42);
+    let ty = GgmlType::Q4_0;
+    let bytes = random_weights(ty, 3, 32, &mut rng);
+    let w = QuantMatrix::new(ty, &bytes, 3, 32).unwrap();
+    let mut out = vec![0.0; 6];
+    let err = matmul_with(&w, &[0.0; 63], 2, &mut out, Activations::F32).unwrap_err();
+    assert!(
+        matches!(err, QuantError::BufferLength { name: "x", .. }),
+        "{err}"
+    );
+    let err = matmul_with(&w, &[0.0; 64], 2, &mut out[..5], Activations::F32).unwrap_err();
+    assert!(
+        matches!(err, QuantError::BufferLength { name: "out", .. }),
+        "{err}"
+    );
+    assert_eq!("f32".parse::<Activations>(), Ok(Activations::F32));
+    assert_eq!("q8".parse::<Activations>(), Ok(Activations::Q8));
+    let err = "f16".parse::<Activations>().unwrap_err();
+    assert!(err.contains("`f16`") && err.contains("q8 or f32"), "{err}");
 }
 
 #[test]

@@ -585,3 +585,42 @@ fn row_to_f32_checks_its_arguments() {
         Err(KvError::RowOutOfRange { .. })
     ));
 }
+
+#[test]
+fn dense_bf16_copies_rows_in_position_order() {
+    // A rolling bf16 cache with a sink, wrapped: the view has three runs (sink, the
+    // ring from its oldest slot, the ring's start), and the bf16 copy must hold the
+    // same rows in the same order as the f32 copy, unconverted.
+    let mut cache = RollingCache::new(config(KvDtype::Bf16), 3, 1).unwrap();
+    cache.add_sequence(A).unwrap();
+    append(&mut cache, A, &[0, 1, 2, 3, 4]).unwrap();
+    append(&mut cache, A, &[5]).unwrap();
+    let view = cache.view(A).unwrap();
+    assert_eq!(view.chunk_count(), 3);
+    let dense = view.to_dense();
+    let bf16_rows = view.to_dense_bf16().expect("a bf16 cache has bf16 rows");
+    assert_eq!(bf16_rows.positions, vec![0, 3, 4, 5]);
+    assert_eq!(bf16_rows.positions, dense.positions);
+    let widen = |rows: &[half::bf16]| rows.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+    assert_eq!(widen(&bf16_rows.k), dense.k);
+    assert_eq!(widen(&bf16_rows.v), dense.v);
+
+    // Other storage types have no bf16 rows to copy, even when empty.
+    for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Int8] {
+        let mut cache = ContiguousCache::new(config(dtype), 4).unwrap();
+        cache.add_sequence(A).unwrap();
+        assert!(
+            cache.view(A).unwrap().to_dense_bf16().is_none(),
+            "{dtype:?}, empty"
+        );
+        append(&mut cache, A, &[0, 1]).unwrap();
+        assert!(
+            cache.view(A).unwrap().to_dense_bf16().is_none(),
+            "{dtype:?}"
+        );
+    }
+    let mut empty = ContiguousCache::new(config(KvDtype::Bf16), 4).unwrap();
+    empty.add_sequence(A).unwrap();
+    let rows = empty.view(A).unwrap().to_dense_bf16().unwrap();
+    assert!(rows.k.is_empty() && rows.v.is_empty() && rows.positions.is_empty());
+}

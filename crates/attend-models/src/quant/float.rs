@@ -1,4 +1,6 @@
-//! Products with unquantized (F32, F16, BF16) weights through the `gemm` crate.
+//! Products with f32 activations through the `gemm` crate: for float weights (F32,
+//! F16, BF16) always, and for quantized weights when the caller asks for
+//! [`Activations::F32`](super::Activations::F32).
 
 use super::dequant::dequantize;
 use super::matmul::{QuantMatrix, SharedOut};
@@ -6,12 +8,13 @@ use crate::GgmlType;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Rows of F16 or BF16 weights widened to f32 at a time; 64 rows of 2048
+/// Rows of weights widened or dequantised to f32 at a time; 64 rows of 2048
 /// columns are 512 KiB, which stays in L2 while every token passes over them.
 const PANEL_ROWS: usize = 64;
 
-/// `out[t, r] = sum_c W[r, c] * x[t, c]` for float weights; the caller has
-/// checked every length and that `tokens`, `rows` and `cols` are non-zero.
+/// `out[t, r] = sum_c W[r, c] * x[t, c]` in f32 for weights of any supported
+/// type; the caller has checked every length and that `tokens`, `rows` and
+/// `cols` are non-zero.
 pub(super) fn matmul_float(w: &QuantMatrix, x: &[f32], tokens: usize, out: &mut [f32]) {
     let (rows, cols) = (w.rows(), w.cols());
     if let Some(weights) = f32_view(w) {
@@ -33,8 +36,8 @@ pub(super) fn matmul_float(w: &QuantMatrix, x: &[f32], tokens: usize, out: &mut 
         return;
     }
 
-    // F16, BF16 or unaligned F32: widen a panel of rows at a time and
-    // multiply it by every token, so the matrix is never widened whole.
+    // F16, BF16, unaligned F32 or quantized: widen a panel of rows at a time
+    // and multiply it by every token, so the matrix is never widened whole.
     let shared_out = SharedOut::new(out);
     let row_bytes = w.row_bytes();
     w.data()

@@ -22,6 +22,34 @@ const PREFETCH_ROWS_AHEAD: usize = 2 * MAX_TILE_ROWS;
 /// Tasks per rayon thread, so uneven tasks still balance.
 const TASKS_PER_THREAD: usize = 8;
 
+/// How a product with quantized weights treats its f32 activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Activations {
+    /// Quantised to 8 bits per weight block for integer dot products, as llama.cpp
+    /// does ([`QuantizedActivations`]); the fast path.
+    #[default]
+    Q8,
+    /// Kept in f32: the weights are dequantised a panel of rows at a time and
+    /// multiplied with f32 GEMM, so the product differs from the exact product of
+    /// the dequantised weights by f32 rounding only. About 2x slower for prefill;
+    /// for checks against an f32 reference and for text where near ties matter.
+    F32,
+}
+
+impl std::str::FromStr for Activations {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "q8" => Ok(Activations::Q8),
+            "f32" => Ok(Activations::F32),
+            other => Err(format!(
+                "unknown activation type `{other}`; expected q8 or f32"
+            )),
+        }
+    }
+}
+
 /// A row-major weight matrix `W: [rows, cols]` stored as ggml blocks.
 #[derive(Clone, Copy, Debug)]
 pub struct QuantMatrix<'a> {
@@ -271,7 +299,42 @@ pub fn matmul_many(
     tokens: usize,
     products: &mut [Product<'_, '_>],
 ) -> Result<(), QuantError> {
+    matmul_many_with(x, tokens, products, Activations::Q8)
+}
+
+/// Computes `out = x W^T` as [`matmul`] does, with the activations treated as
+/// `activations` says.
+///
+/// # Shapes
+/// As for [`matmul`].
+///
+/// # Errors
+/// As for [`matmul`].
+pub fn matmul_with(
+    w: &QuantMatrix,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+    activations: Activations,
+) -> Result<(), QuantError> {
+    matmul_many_with(x, tokens, &mut [Product { w: *w, out }], activations)
+}
+
+/// Computes [`matmul_many`] with the activations treated as `activations` says.
+///
+/// # Shapes
+/// As for [`matmul_many`].
+///
+/// # Errors
+/// As for [`matmul`], for any of the products.
+pub fn matmul_many_with(
+    x: &[f32],
+    tokens: usize,
+    products: &mut [Product<'_, '_>],
+    activations: Activations,
+) -> Result<(), QuantError> {
     let isa = Isa::detect();
+    let integer = |w: &QuantMatrix| w.ty.is_quantized() && activations == Activations::Q8;
     // Quantised activations for each block size in use, at most two (32, 256).
     let mut acts: Vec<QuantizedActivations> = Vec::new();
     for p in products.iter_mut() {
@@ -285,7 +348,7 @@ pub fn matmul_many(
             p.out.fill(0.0);
             continue;
         }
-        if !p.w.ty.is_quantized() {
+        if !integer(&p.w) {
             matmul_float(&p.w, x, tokens, p.out);
             continue;
         }
@@ -295,9 +358,9 @@ pub fn matmul_many(
         }
     }
     // The activations of a product the integer kernels compute, `None` for
-    // float weights and empty shapes, which are done above.
+    // the f32 products and empty shapes, which are done above.
     let acts_for = |w: &QuantMatrix| {
-        let runs = w.ty.is_quantized() && tokens > 0 && w.rows > 0 && w.cols > 0;
+        let runs = integer(w) && tokens > 0 && w.rows > 0 && w.cols > 0;
         acts.iter()
             .find(|a| runs && a.block_elems() == w.ty.block_elems() && a.cols() == w.cols)
     };

@@ -26,7 +26,10 @@ pub use activations::QuantizedActivations;
 pub use dequant::dequantize;
 pub use error::QuantError;
 pub use kernel::Isa;
-pub use matmul::{matmul, matmul_many, matmul_prequantized, matmul_with_isa, Product, QuantMatrix};
+pub use matmul::{
+    matmul, matmul_many, matmul_many_with, matmul_prequantized, matmul_with, matmul_with_isa,
+    Activations, Product, QuantMatrix,
+};
 
 use crate::GgmlType;
 

@@ -200,6 +200,8 @@ pub fn assert_greedy_prefix(
 pub struct TeacherForcedLimits {
     /// Tokens per forward call; later chunks attend over a non-empty cache.
     pub chunk: usize,
+    /// Storage type of the session's caches.
+    pub kv_dtype: attend::kv::KvDtype,
     /// Minimum percentage of top-1 agreement where the reference margin exceeds 0.2.
     pub agree_past_0_2_pct: usize,
     /// Minimum percentage of top-1 agreement over all positions.
@@ -210,6 +212,22 @@ pub struct TeacherForcedLimits {
     pub sampled_mean: f32,
     /// Largest log-sum-exp difference of a sampled row.
     pub logsumexp: f64,
+}
+
+/// Limits for [`Activations::F32`](attend_models::quant::Activations::F32) runs
+/// with an f32 cache: the only differences from the float64 reference are f32
+/// rounding and summation order, so only the closest ties could flip, and logits
+/// come within 0.01 of the reference (attend measured at most 6e-4 on both models).
+pub fn f32_activation_limits(chunk: usize) -> TeacherForcedLimits {
+    TeacherForcedLimits {
+        chunk,
+        kv_dtype: attend::kv::KvDtype::F32,
+        agree_past_0_2_pct: 100,
+        agree_overall_pct: 99,
+        top5: 0.01,
+        sampled_mean: 0.002,
+        logsumexp: 0.01,
+    }
 }
 
 /// Runs the fixture's text teacher-forced and compares every position with the
@@ -236,9 +254,7 @@ pub fn check_teacher_forced(decoder: &Decoder, fixture_name: &str, limits: &Teac
     let sampled_rows = tf["rows"].as_array().unwrap();
     let stride = sampled_rows[0]["sample_stride"].as_u64().unwrap() as usize;
 
-    let mut session = decoder
-        .new_session(ids.len(), attend::kv::KvDtype::F32)
-        .unwrap();
+    let mut session = decoder.new_session(ids.len(), limits.kv_dtype).unwrap();
     let rows = teacher_forced(decoder, &mut session, &ids, &top5_ids, stride, limits.chunk);
 
     let (agree, total) = agreement(&rows, &top1, &margins, 0.5);
@@ -252,6 +268,7 @@ pub fn check_teacher_forced(decoder: &Decoder, fixture_name: &str, limits: &Teac
         "top-1 agreement {agree}/{total} where margin > 0.2"
     );
     let (agree, total) = agreement(&rows, &top1, &margins, f32::NEG_INFINITY);
+    eprintln!("{fixture_name}: top-1 agreement {agree}/{total} overall");
     assert!(
         agree * 100 >= total * limits.agree_overall_pct,
         "top-1 agreement {agree}/{total} overall"
@@ -263,6 +280,7 @@ pub fn check_teacher_forced(decoder: &Decoder, fixture_name: &str, limits: &Teac
             worst = worst.max((a - b).abs());
         }
     }
+    eprintln!("{fixture_name}: largest top-5 logit difference {worst}");
     assert!(
         worst <= limits.top5,
         "largest top-5 logit difference {worst}"

@@ -24,7 +24,7 @@ pub use paged::{BlockTableCsr, PagedCache, DEFAULT_BLOCK_SIZE};
 pub use plan::{plan_kv_memory, KvPlan, KvPlanRequest};
 pub use rolling::RollingCache;
 pub use storage::{KvDtype, KvRows};
-pub use view::{KvChunk, KvDense, KvSeqView};
+pub use view::{KvChunk, KvDense, KvDenseBf16, KvSeqView};
 
 use thiserror::Error;
 

@@ -1,5 +1,7 @@
 //! Borrowed, copy-free views of one sequence's cached tokens.
 
+use half::bf16;
+
 use super::storage::{KvRows, RowStore};
 use super::KvConfig;
 
@@ -220,6 +222,39 @@ impl<'a> KvSeqView<'a> {
         }
         dense
     }
+
+    /// Copies the whole view without conversion when the cache stores bf16, or
+    /// returns `None` for any other storage type. Prefill over a bf16 cache on a CPU
+    /// with bf16 dot products runs the attention kernel on these rows directly.
+    pub fn to_dense_bf16(&self) -> Option<KvDenseBf16> {
+        let row_len = self.config.row_len();
+        let mut dense = KvDenseBf16 {
+            k: Vec::with_capacity(self.len * row_len),
+            v: Vec::with_capacity(self.len * row_len),
+            positions: Vec::with_capacity(self.len),
+        };
+        for chunk in self.chunks() {
+            let (KvRows::Bf16(k), KvRows::Bf16(v)) = (chunk.k, chunk.v) else {
+                return None;
+            };
+            dense.k.extend_from_slice(k);
+            dense.v.extend_from_slice(v);
+            dense.positions.extend_from_slice(chunk.positions);
+        }
+        // A view with no chunks says nothing about the storage type.
+        (self.k.dtype() == super::KvDtype::Bf16).then_some(dense)
+    }
+}
+
+/// A dense copy of a bf16 cache, rows unchanged.
+///
+/// # Shapes
+/// `k`, `v`: `[len, n_kv_heads, head_dim]`; `positions: [len]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvDenseBf16 {
+    pub k: Vec<bf16>,
+    pub v: Vec<bf16>,
+    pub positions: Vec<u32>,
 }
 
 /// A dense f32 copy of a sequence's cache.
