@@ -14,11 +14,12 @@
 //! acc' = acc * exp(m - m') + sum_j exp(s_j - m') * v_j
 //! ```
 //!
-//! Within a tile, f32 and f16 K rows are read in place (f16 widened as the products load
-//! it), and bf16 and int8 rows are converted to f32 once, front to back. Each kv head's
-//! rows are then scored against all query rows of its group in one [`Simd::qk_rows`] (or
-//! [`Simd::qk_rows_f16`]) call, and the V rows go the same way into [`Simd::pv_tile`]
-//! (or [`Simd::pv_tile_f16`]). While a tile is computed, the next one is prefetched. The splits of a sequence are then merged in split order through
+//! Within a tile, f32, f16 and bf16 K rows are read in place (16-bit rows widened as the
+//! products load them), and int8 rows are converted to f32 once, front to back. Each kv
+//! head's rows are then scored against all query rows of its group in one
+//! [`Simd::qk_rows`] call (or its f16 and bf16 twins), and the V rows go the same way
+//! into [`Simd::pv_tile`]. While a tile is computed, the next one is prefetched. The
+//! splits of a sequence are then merged in split order through
 //! their log-sum-exp, so the result depends on the split size (a constant) and not on the
 //! number of threads: it is bitwise identical for any thread count.
 //!

@@ -1,6 +1,6 @@
 //! One split-KV task: an online softmax over a range of one sequence's cached tokens.
 
-use half::f16;
+use half::{bf16, f16};
 
 use super::{visible_ranges, Dims, VisibleRange, TILE_TOKENS};
 use crate::kv::{KvChunk, KvRows, KvSeqView};
@@ -153,9 +153,9 @@ struct Scratch {
     scores: Vec<f32>,
     /// Up to `TILE_Q` rows of `scores` transposed for `Simd::pv_tile`, `[TILE_TOKENS, TILE_Q]`.
     probs_t: Vec<f32>,
-    /// The tile's bf16 or int8 K or V rows converted to f32, `[tile_len, n_kv_heads,
-    /// head_dim]`. It is allocated on the first such tile, because f32 and f16 rows are
-    /// read in place.
+    /// The tile's int8 K or V rows converted to f32, `[tile_len, n_kv_heads,
+    /// head_dim]`. It is allocated on the first such tile, because f32, f16 and bf16
+    /// rows are read in place.
     converted: Vec<f32>,
 }
 
@@ -163,11 +163,14 @@ struct Scratch {
 /// element `h * head_dim + t * n_kv_heads * head_dim`.
 #[derive(Clone, Copy)]
 enum TileRows<'a> {
-    /// f32 rows: the storage itself, or bf16 and int8 rows converted.
+    /// f32 rows: the storage itself, or int8 rows converted.
     F32(&'a [f32]),
     /// f16 rows in place, widened inside [`Simd::qk_rows_f16`] and
     /// [`Simd::pv_tile_f16`] as they are loaded, so each element is read once.
     F16(&'a [f16]),
+    /// bf16 rows in place, widened inside [`Simd::qk_rows_bf16`] and
+    /// [`Simd::pv_tile_bf16_rows`].
+    Bf16(&'a [bf16]),
 }
 
 impl TileRows<'_> {
@@ -204,6 +207,16 @@ impl TileRows<'_> {
                 s,
                 TILE_TOKENS,
             ),
+            TileRows::Bf16(k) => simd.qk_rows_bf16(
+                q,
+                &k[head..],
+                row_stride,
+                tile_len,
+                head_dim,
+                dims.scale,
+                s,
+                TILE_TOKENS,
+            ),
         }
     }
 
@@ -222,18 +235,20 @@ impl TileRows<'_> {
         match self {
             TileRows::F32(v) => simd.pv_tile(pt, &v[head..], row_stride, tile_len, head_dim, o),
             TileRows::F16(v) => simd.pv_tile_f16(pt, &v[head..], row_stride, tile_len, head_dim, o),
+            TileRows::Bf16(v) => {
+                simd.pv_tile_bf16_rows(pt, &v[head..], row_stride, tile_len, head_dim, o)
+            }
         }
     }
 }
 
-/// Returns the K or V rows of the tile: in place for f32 and f16 storage, else converted
-/// to f32 into `buffer`, grown to fit (int8 values times their scale). The conversion
-/// keeps the storage layout, so it reads the tile front to back in one pass.
+/// Returns the K or V rows of the tile: in place for f32, f16 and bf16 storage; int8
+/// values times their scale are converted to f32 into `buffer`, grown to fit. The
+/// conversion keeps the storage layout, so it reads the tile front to back in one pass.
 ///
 /// # Shapes
 /// `rows` and `buffer[..tile_len * n_kv_heads * head_dim]`: `[tile_len, n_kv_heads, head_dim]`.
-fn tile_rows<'a, S: Simd>(
-    simd: S,
+fn tile_rows<'a>(
     rows: &KvRows<'a>,
     tile_len: usize,
     dims: &Dims,
@@ -241,17 +256,14 @@ fn tile_rows<'a, S: Simd>(
 ) -> TileRows<'a> {
     let head_dim = dims.head_dim;
     let len = tile_len * dims.n_kv_heads * head_dim;
-    if !matches!(rows, KvRows::F32(_) | KvRows::F16(_)) && buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
     match *rows {
         KvRows::F32(x) => TileRows::F32(x),
         KvRows::F16(x) => TileRows::F16(x),
-        KvRows::Bf16(x) => {
-            simd.widen_bf16(&x[..len], &mut buffer[..len]);
-            TileRows::F32(buffer)
-        }
+        KvRows::Bf16(x) => TileRows::Bf16(x),
         KvRows::Int8 { values, scales } => {
+            if buffer.len() < len {
+                buffer.resize(len, 0.0);
+            }
             let head_rows = buffer[..len].chunks_exact_mut(head_dim);
             for ((dst, src), &scale) in head_rows.zip(values.chunks_exact(head_dim)).zip(scales) {
                 for (o, &value) in dst.iter_mut().zip(src) {
@@ -297,7 +309,7 @@ fn attend_tile<S: Simd>(
     // f32 once, and each kv head's rows are scored against all query rows of its group.
     // Then the softcap applies, and hidden pairs get -inf.
     let scores = &mut scratch.scores;
-    let keys = tile_rows(simd, &tile.k, tile_len, dims, &mut scratch.converted);
+    let keys = tile_rows(&tile.k, tile_len, dims, &mut scratch.converted);
     for kv_head in 0..n_kv_heads {
         let group = kv_head * group_rows..(kv_head + 1) * group_rows;
         let q = &plan.q_rows[group.start * head_dim..group.end * head_dim];
@@ -345,7 +357,7 @@ fn attend_tile<S: Simd>(
 
     // Step 3: accumulate V. The tile's V rows are read like the K rows, and each kv
     // head's rows are multiplied into its group's output rows.
-    let values = tile_rows(simd, &tile.v, tile_len, dims, &mut scratch.converted);
+    let values = tile_rows(&tile.v, tile_len, dims, &mut scratch.converted);
     for kv_head in 0..n_kv_heads {
         // pv_tile takes probabilities transposed, `[tokens, TILE_Q]`, so a group with
         // more than TILE_Q query rows goes through it in blocks of TILE_Q rows.

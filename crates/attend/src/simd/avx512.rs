@@ -134,6 +134,20 @@ impl Simd for Avx512 {
         self.qk_rows_widened(q, k, k_row_stride, cols, head_dim, scale, s, s_row_stride)
     }
 
+    fn qk_rows_bf16(
+        self,
+        q: &[f32],
+        k: &[bf16],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        s: &mut [f32],
+        s_row_stride: usize,
+    ) {
+        self.qk_rows_widened(q, k, k_row_stride, cols, head_dim, scale, s, s_row_stride)
+    }
+
     fn qk_tile(
         self,
         qt: &[f32],
@@ -280,10 +294,23 @@ impl Simd for Avx512 {
     ) {
         self.pv_tile_widened(pt, v, v_row_stride, cols, head_dim, o)
     }
+
+    fn pv_tile_bf16_rows(
+        self,
+        pt: &[f32],
+        v: &[bf16],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        self.pv_tile_widened(pt, v, v_row_stride, cols, head_dim, o)
+    }
 }
 
 impl Avx512 {
-    /// [`Simd::qk_rows`] over f32 or f16 keys; f16 keys are widened in registers.
+    /// [`Simd::qk_rows`] over f32, f16 or bf16 keys; 16-bit keys are widened in
+    /// registers.
     #[allow(clippy::too_many_arguments)]
     fn qk_rows_widened<T: Widen>(
         self,

@@ -222,6 +222,37 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
         )
     }
 
+    /// [`Simd::qk_rows`] with the key rows stored as bf16, widened to f32 as they are
+    /// loaded, as [`Simd::qk_rows_f16`] does for f16.
+    ///
+    /// # Shapes
+    /// As for [`Simd::qk_rows`].
+    #[allow(clippy::too_many_arguments)]
+    fn qk_rows_bf16(
+        self,
+        q: &[f32],
+        k: &[bf16],
+        k_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        scale: f32,
+        s: &mut [f32],
+        s_row_stride: usize,
+    ) {
+        let dot = |q: &[f32], k: &[bf16]| self.dot_bf16(q, k);
+        portable::qk_rows_by_dot(
+            q,
+            k,
+            k_row_stride,
+            cols,
+            head_dim,
+            scale,
+            s,
+            s_row_stride,
+            dot,
+        )
+    }
+
     /// Computes a transposed score tile: `st[j][i] = scale * sum_d k[j][d] * qt[d][i]`.
     ///
     /// # Shapes
@@ -352,6 +383,25 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
         o: &mut [f32],
     ) {
         let axpy = |alpha: f32, x: &[f16], y: &mut [f32]| self.axpy_f16(alpha, x, y);
+        portable::pv_tile_by_axpy(pt, v, v_row_stride, cols, head_dim, o, axpy)
+    }
+
+    /// [`Simd::pv_tile`] with the value rows stored as bf16, widened to f32 as they are
+    /// loaded; the probabilities and sums stay f32 (unlike [`Simd::pv_tile_bf16`], which
+    /// rounds the probabilities for bf16 dot products).
+    ///
+    /// # Shapes
+    /// As for [`Simd::pv_tile`].
+    fn pv_tile_bf16_rows(
+        self,
+        pt: &[f32],
+        v: &[bf16],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        let axpy = |alpha: f32, x: &[bf16], y: &mut [f32]| self.axpy_bf16(alpha, x, y);
         portable::pv_tile_by_axpy(pt, v, v_row_stride, cols, head_dim, o, axpy)
     }
 }

@@ -92,6 +92,13 @@ impl SimdOp for TilePrimitives {
                         let (k, scale) = (&k_f16, 0.125);
                         simd.qk_rows_f16(&q, k, row_stride, cols, head_dim, scale, &mut s, TILE_KV);
                         results.extend(&s);
+                        let mut s = vec![0.0; rows * TILE_KV];
+                        let k: Vec<bf16> =
+                            k_f16.iter().map(|x| bf16::from_f32(x.to_f32())).collect();
+                        simd.qk_rows_bf16(
+                            &q, &k, row_stride, cols, head_dim, scale, &mut s, TILE_KV,
+                        );
+                        results.extend(&s);
                     }
 
                     // The same scores from bf16 inputs, queries in pairs along head_dim.
@@ -140,6 +147,10 @@ impl SimdOp for TilePrimitives {
                         let v_f16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
                         let mut o = values(rows * head_dim, 6);
                         simd.pv_tile_f16(&st, &v_f16, row_stride, cols, head_dim, &mut o);
+                        results.extend(&o);
+                        let v_bf16: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+                        let mut o = values(rows * head_dim, 6);
+                        simd.pv_tile_bf16_rows(&st, &v_bf16, row_stride, cols, head_dim, &mut o);
                         results.extend(&o);
 
                         // The same product with P rounded to bf16 and bf16 values in
