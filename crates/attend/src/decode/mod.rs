@@ -17,11 +17,11 @@
 //! Within a tile, f32, f16 and bf16 K rows are read in place (16-bit rows widened as the
 //! products load them), and int8 rows are converted to f32 once, front to back. Each kv
 //! head's rows are then scored against all query rows of its group in one
-//! [`Simd::qk_rows`] call (or its f16 and bf16 twins), and the V rows go the same way
-//! into [`Simd::pv_tile`]. While a tile is computed, the next one is prefetched. The
-//! splits of a sequence are then merged in split order through
-//! their log-sum-exp, so the result depends on the split size (a constant) and not on the
-//! number of threads: it is bitwise identical for any thread count.
+//! [`Simd::qk_rows`] call, and the V rows go the same way into [`Simd::pv_tile`]. While
+//! a tile is computed, the next one is prefetched. The splits of a sequence are then
+//! merged in split order through their log-sum-exp, so the result depends on the split
+//! size (a constant) and not on the number of threads: it is bitwise identical for any
+//! thread count.
 //!
 //! Masks are measured in positions, not in indices, so rolling caches after wrap-around
 //! and attention-sink tokens see the right keys; see [`decode`]. [`decode_reference`] is

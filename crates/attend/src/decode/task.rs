@@ -1,11 +1,9 @@
 //! One split-KV task: an online softmax over a range of one sequence's cached tokens.
 
-use half::{bf16, f16};
-
 use super::{visible_ranges, Dims, VisibleRange, TILE_TOKENS};
 use crate::kv::{KvChunk, KvRows, KvSeqView};
 use crate::layout::Bshd;
-use crate::simd::{self, Simd, TILE_Q};
+use crate::simd::{self, Rows, Simd, TILE_Q};
 
 /// Unnormalised result of one split, per query row `r = head_idx * q_len + q_idx`.
 pub(crate) struct Partial {
@@ -159,107 +157,27 @@ struct Scratch {
     converted: Vec<f32>,
 }
 
-/// The K or V rows of a tile as the products read them: kv head `h`, token `t` starts at
-/// element `h * head_dim + t * n_kv_heads * head_dim`.
-#[derive(Clone, Copy)]
-enum TileRows<'a> {
-    /// f32 rows: the storage itself, or int8 rows converted.
-    F32(&'a [f32]),
-    /// f16 rows in place, widened inside [`Simd::qk_rows_f16`] and
-    /// [`Simd::pv_tile_f16`] as they are loaded, so each element is read once.
-    F16(&'a [f16]),
-    /// bf16 rows in place, widened inside [`Simd::qk_rows_bf16`] and
-    /// [`Simd::pv_tile_bf16_rows`].
-    Bf16(&'a [bf16]),
-}
-
-impl TileRows<'_> {
-    /// Scores query rows `q` against the tile's `tile_len` keys of the kv head whose
-    /// elements start at `head`, writing `s: [rows, TILE_TOKENS]`.
-    fn score<S: Simd>(
-        self,
-        simd: S,
-        head: usize,
-        q: &[f32],
-        tile_len: usize,
-        dims: &Dims,
-        s: &mut [f32],
-    ) {
-        let (head_dim, row_stride) = (dims.head_dim, dims.n_kv_heads * dims.head_dim);
-        match self {
-            TileRows::F32(k) => simd.qk_rows(
-                q,
-                &k[head..],
-                row_stride,
-                tile_len,
-                head_dim,
-                dims.scale,
-                s,
-                TILE_TOKENS,
-            ),
-            TileRows::F16(k) => simd.qk_rows_f16(
-                q,
-                &k[head..],
-                row_stride,
-                tile_len,
-                head_dim,
-                dims.scale,
-                s,
-                TILE_TOKENS,
-            ),
-            TileRows::Bf16(k) => simd.qk_rows_bf16(
-                q,
-                &k[head..],
-                row_stride,
-                tile_len,
-                head_dim,
-                dims.scale,
-                s,
-                TILE_TOKENS,
-            ),
-        }
-    }
-
-    /// Adds `pt^T v` to the output rows `o`, with `v` the tile's `tile_len` value rows
-    /// of the kv head whose elements start at `head` (shapes of [`Simd::pv_tile`]).
-    fn accumulate<S: Simd>(
-        self,
-        simd: S,
-        head: usize,
-        pt: &[f32],
-        tile_len: usize,
-        dims: &Dims,
-        o: &mut [f32],
-    ) {
-        let (head_dim, row_stride) = (dims.head_dim, dims.n_kv_heads * dims.head_dim);
-        match self {
-            TileRows::F32(v) => simd.pv_tile(pt, &v[head..], row_stride, tile_len, head_dim, o),
-            TileRows::F16(v) => simd.pv_tile_f16(pt, &v[head..], row_stride, tile_len, head_dim, o),
-            TileRows::Bf16(v) => {
-                simd.pv_tile_bf16_rows(pt, &v[head..], row_stride, tile_len, head_dim, o)
-            }
-        }
-    }
-}
-
-/// Returns the K or V rows of the tile: in place for f32, f16 and bf16 storage; int8
-/// values times their scale are converted to f32 into `buffer`, grown to fit. The
+/// Returns the K or V rows of the tile. f32, f16 and bf16 rows are borrowed in place, and
+/// the products widen 16-bit rows as they load them, so each element is read once. Int8
+/// values times their scale are converted to f32 into `buffer`, grown to fit; the
 /// conversion keeps the storage layout, so it reads the tile front to back in one pass.
 ///
 /// # Shapes
-/// `rows` and `buffer[..tile_len * n_kv_heads * head_dim]`: `[tile_len, n_kv_heads, head_dim]`.
+/// `rows` and `buffer[..tile_len * n_kv_heads * head_dim]`: `[tile_len, n_kv_heads,
+/// head_dim]`, so kv head `h`, token `t` starts at element `h * head_dim + t *
+/// n_kv_heads * head_dim`.
 fn tile_rows<'a>(
     rows: &KvRows<'a>,
     tile_len: usize,
     dims: &Dims,
     buffer: &'a mut Vec<f32>,
-) -> TileRows<'a> {
+) -> Rows<'a> {
     let head_dim = dims.head_dim;
     let len = tile_len * dims.n_kv_heads * head_dim;
     match *rows {
-        KvRows::F32(x) => TileRows::F32(x),
-        KvRows::F16(x) => TileRows::F16(x),
-        KvRows::Bf16(x) => TileRows::Bf16(x),
+        KvRows::F32(x) => Rows::F32(x),
+        KvRows::F16(x) => Rows::F16(x),
+        KvRows::Bf16(x) => Rows::Bf16(x),
         KvRows::Int8 { values, scales } => {
             if buffer.len() < len {
                 buffer.resize(len, 0.0);
@@ -270,7 +188,7 @@ fn tile_rows<'a>(
                     *o = f32::from(value) * scale;
                 }
             }
-            TileRows::F32(buffer)
+            Rows::F32(buffer)
         }
     }
 }
@@ -286,6 +204,7 @@ fn attend_tile<S: Simd>(
 ) {
     let tile_len = tile.len();
     let (head_dim, q_len, n_kv_heads) = (dims.head_dim, dims.q_len, dims.n_kv_heads);
+    let row_stride = n_kv_heads * head_dim;
     let group_rows = dims.group() * q_len;
     let (Some(&first), Some(&last)) = (tile.positions.first(), tile.positions.last()) else {
         return;
@@ -314,7 +233,17 @@ fn attend_tile<S: Simd>(
         let group = kv_head * group_rows..(kv_head + 1) * group_rows;
         let q = &plan.q_rows[group.start * head_dim..group.end * head_dim];
         let s = &mut scores[group.start * TILE_TOKENS..group.end * TILE_TOKENS];
-        keys.score(simd, kv_head * head_dim, q, tile_len, dims, s);
+        let k = keys.offset(kv_head * head_dim);
+        simd.qk_rows(
+            q,
+            k,
+            row_stride,
+            tile_len,
+            head_dim,
+            dims.scale,
+            s,
+            TILE_TOKENS,
+        );
     }
     if dims.softcap.is_some() || !seen_whole_by_all {
         for row in 0..dims.rows() {
@@ -371,7 +300,8 @@ fn attend_tile<S: Simd>(
             }
             let pt = &scratch.probs_t[..tile_len * TILE_Q];
             let o = &mut state.acc[block.start * head_dim..block.end * head_dim];
-            values.accumulate(simd, kv_head * head_dim, pt, tile_len, dims, o);
+            let v = values.offset(kv_head * head_dim);
+            simd.pv_tile(pt, v, row_stride, tile_len, head_dim, o);
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::dtype::Element;
 use crate::error::AttendError;
 use crate::layout::BshdStrides;
 use crate::mask::{BlockClass, MaskMod, ScoreMod};
-use crate::simd::{self, Isa, Simd, SimdOp};
+use crate::simd::{self, Isa, Rows, Simd, SimdOp};
 
 /// The input slices and strides of one call.
 pub(crate) struct Tensors<'a, T> {
@@ -351,7 +351,7 @@ fn process_block<S: Simd, T: Element, M: MaskMod, F: ScoreMod>(
                     rows_as_f32(&t.v[v_base..], v_stride, cols, head_dim, v_converted);
                 simd.pv_tile(
                     st,
-                    v_rows,
+                    Rows::F32(v_rows),
                     v_row_stride,
                     cols,
                     head_dim,

@@ -8,7 +8,8 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::{pv_tile_shape, qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q};
+use super::portable::pv_tile_by_axpy;
+use super::{pv_tile_shape, qk_tile_cols, sealed, softmax_tile_cols, Isa, Rows, Simd, TILE_Q};
 
 /// The token for AVX2 code with FMA and F16C.
 #[derive(Debug, Clone, Copy)]
@@ -152,12 +153,24 @@ impl Simd for Avx2Fma {
     fn pv_tile(
         self,
         pt: &[f32],
-        v: &[f32],
+        v: Rows<'_>,
         v_row_stride: usize,
         cols: usize,
         head_dim: usize,
         o: &mut [f32],
     ) {
+        let Rows::F32(v) = v else {
+            // f16 and bf16 rows take one widening `axpy` per (row, key), as by default.
+            return match_rows!(v, |v| pv_tile_by_axpy(
+                self,
+                pt,
+                v,
+                v_row_stride,
+                cols,
+                head_dim,
+                o
+            ));
+        };
         let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
         // SAFETY: the token proves the features; `pv_tile_shape` guarantees `pt` holds
         // `cols * TILE_Q` elements, `v` has `cols` rows of `head_dim` at

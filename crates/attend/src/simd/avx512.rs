@@ -10,7 +10,7 @@ use half::{bf16, f16};
 
 use super::{
     pack_v_bf16_cols, pv_tile_bf16_shape, pv_tile_shape, qk_rows_shape, qk_tile_bf16_cols,
-    qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_KV, TILE_Q,
+    qk_tile_cols, sealed, softmax_tile_cols, Isa, Rows, Simd, TILE_KV, TILE_Q,
 };
 
 /// The token for AVX-512 Foundation code, noting whether the bf16 tiles can run too.
@@ -109,7 +109,7 @@ impl Simd for Avx512 {
     fn qk_rows(
         self,
         q: &[f32],
-        k: &[f32],
+        k: Rows<'_>,
         k_row_stride: usize,
         cols: usize,
         head_dim: usize,
@@ -117,35 +117,16 @@ impl Simd for Avx512 {
         s: &mut [f32],
         s_row_stride: usize,
     ) {
-        self.qk_rows_widened(q, k, k_row_stride, cols, head_dim, scale, s, s_row_stride)
-    }
-
-    fn qk_rows_f16(
-        self,
-        q: &[f32],
-        k: &[f16],
-        k_row_stride: usize,
-        cols: usize,
-        head_dim: usize,
-        scale: f32,
-        s: &mut [f32],
-        s_row_stride: usize,
-    ) {
-        self.qk_rows_widened(q, k, k_row_stride, cols, head_dim, scale, s, s_row_stride)
-    }
-
-    fn qk_rows_bf16(
-        self,
-        q: &[f32],
-        k: &[bf16],
-        k_row_stride: usize,
-        cols: usize,
-        head_dim: usize,
-        scale: f32,
-        s: &mut [f32],
-        s_row_stride: usize,
-    ) {
-        self.qk_rows_widened(q, k, k_row_stride, cols, head_dim, scale, s, s_row_stride)
+        match_rows!(k, |k| self.qk_rows_widened(
+            q,
+            k,
+            k_row_stride,
+            cols,
+            head_dim,
+            scale,
+            s,
+            s_row_stride
+        ))
     }
 
     fn qk_tile(
@@ -274,37 +255,20 @@ impl Simd for Avx512 {
     fn pv_tile(
         self,
         pt: &[f32],
-        v: &[f32],
+        v: Rows<'_>,
         v_row_stride: usize,
         cols: usize,
         head_dim: usize,
         o: &mut [f32],
     ) {
-        self.pv_tile_widened(pt, v, v_row_stride, cols, head_dim, o)
-    }
-
-    fn pv_tile_f16(
-        self,
-        pt: &[f32],
-        v: &[f16],
-        v_row_stride: usize,
-        cols: usize,
-        head_dim: usize,
-        o: &mut [f32],
-    ) {
-        self.pv_tile_widened(pt, v, v_row_stride, cols, head_dim, o)
-    }
-
-    fn pv_tile_bf16_rows(
-        self,
-        pt: &[f32],
-        v: &[bf16],
-        v_row_stride: usize,
-        cols: usize,
-        head_dim: usize,
-        o: &mut [f32],
-    ) {
-        self.pv_tile_widened(pt, v, v_row_stride, cols, head_dim, o)
+        match_rows!(v, |v| self.pv_tile_widened(
+            pt,
+            v,
+            v_row_stride,
+            cols,
+            head_dim,
+            o
+        ))
     }
 }
 
@@ -341,7 +305,8 @@ impl Avx512 {
         unsafe { qk_rows(block, rows) }
     }
 
-    /// [`Simd::pv_tile`] over f32 or f16 values; f16 values are widened in registers.
+    /// [`Simd::pv_tile`] over f32, f16 or bf16 values; 16-bit values are widened in
+    /// registers.
     fn pv_tile_widened<T: Widen>(
         self,
         pt: &[f32],
@@ -979,7 +944,7 @@ unsafe fn store_output<const ROWS: usize, const VECTORS: usize>(
 }
 
 /// A value tile product `o += pt^T v`, with the shapes of [`Simd::pv_tile`]; the values
-/// are f32 or f16.
+/// are f32, f16 or bf16.
 #[derive(Clone, Copy)]
 struct ValueTile<T> {
     pt: *const f32,
@@ -1149,7 +1114,7 @@ impl OutputKernel for PairTile {
 }
 
 /// Operands of [`qk_rows`], with `q` and `s` offset to the first row of a block; the
-/// keys are f32 or f16.
+/// keys are f32, f16 or bf16.
 #[derive(Clone, Copy)]
 struct ScoreRows<T> {
     q: *const f32,

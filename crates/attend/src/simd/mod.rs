@@ -14,6 +14,19 @@ use half::{bf16, f16};
 
 use crate::error::AttendError;
 
+/// Evaluates `$body` with `$slice` bound to the slice inside the [`Rows`] value `$rows`.
+/// The body is compiled once per storage type, so generic code in it is monomorphised
+/// for f32, f16 and bf16 rows alike.
+macro_rules! match_rows {
+    ($rows:expr, |$slice:ident| $body:expr) => {
+        match $rows {
+            $crate::simd::Rows::F32($slice) => $body,
+            $crate::simd::Rows::F16($slice) => $body,
+            $crate::simd::Rows::Bf16($slice) => $body,
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -103,6 +116,61 @@ mod sealed {
     pub trait Sealed {}
 }
 
+/// Key or value rows in their storage type, borrowed for [`Simd::qk_rows`] and
+/// [`Simd::pv_tile`]. The products widen f16 and bf16 rows to f32 as they load them, so
+/// no f32 copy of the rows is written. All arithmetic is f32.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    /// f32 rows.
+    F32(&'a [f32]),
+    /// f16 rows.
+    F16(&'a [f16]),
+    /// bf16 rows. Products and sums are f32, unlike in [`Simd::pv_tile_bf16`], which
+    /// rounds the probabilities to bf16.
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> Rows<'a> {
+    /// Returns the rows from element `start` on; empty when `start` is past the end.
+    pub(crate) fn offset(self, start: usize) -> Rows<'a> {
+        match self {
+            Rows::F32(x) => Rows::F32(x.get(start..).unwrap_or_default()),
+            Rows::F16(x) => Rows::F16(x.get(start..).unwrap_or_default()),
+            Rows::Bf16(x) => Rows::Bf16(x.get(start..).unwrap_or_default()),
+        }
+    }
+}
+
+/// A storage type of [`Rows`], with the row primitives of [`Simd`] that read it.
+pub(crate) trait RowElement: Copy {
+    /// Returns `sum(a[i] * b[i])`, as [`Simd::dot`] does for f32.
+    fn dot<S: Simd>(simd: S, a: &[f32], b: &[Self]) -> f32;
+
+    /// Computes `y[i] += alpha * x[i]`, as [`Simd::axpy`] does for f32.
+    fn axpy<S: Simd>(simd: S, alpha: f32, x: &[Self], y: &mut [f32]);
+}
+
+/// Implements [`RowElement`] for `$element` with the [`Simd`] methods that read it.
+macro_rules! impl_row_element {
+    ($element:ty, $dot:ident, $axpy:ident) => {
+        impl RowElement for $element {
+            #[inline]
+            fn dot<S: Simd>(simd: S, a: &[f32], b: &[$element]) -> f32 {
+                simd.$dot(a, b)
+            }
+
+            #[inline]
+            fn axpy<S: Simd>(simd: S, alpha: f32, x: &[$element], y: &mut [f32]) {
+                simd.$axpy(alpha, x, y)
+            }
+        }
+    };
+}
+
+impl_row_element!(f32, dot, axpy);
+impl_row_element!(f16, dot_f16, axpy_f16);
+impl_row_element!(bf16, dot_bf16, axpy_bf16);
+
 /// Vector primitives over f32 rows, implemented once per instruction set.
 ///
 /// Rows of f16 or bf16 are converted to f32 as they are read; all arithmetic is f32.
@@ -168,7 +236,7 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
     fn qk_rows(
         self,
         q: &[f32],
-        k: &[f32],
+        k: Rows<'_>,
         k_row_stride: usize,
         cols: usize,
         head_dim: usize,
@@ -176,8 +244,8 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
         s: &mut [f32],
         s_row_stride: usize,
     ) {
-        let dot = |q: &[f32], k: &[f32]| self.dot(q, k);
-        portable::qk_rows_by_dot(
+        match_rows!(k, |k| portable::qk_rows_by_dot(
+            self,
             q,
             k,
             k_row_stride,
@@ -185,72 +253,8 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
             head_dim,
             scale,
             s,
-            s_row_stride,
-            dot,
-        )
-    }
-
-    /// [`Simd::qk_rows`] with the key rows stored as f16, widened to f32 as they are
-    /// loaded, so no f32 copy of the keys is written. Products and sums are f32, as in
-    /// [`Simd::qk_rows`] over the widened keys.
-    ///
-    /// # Shapes
-    /// As for [`Simd::qk_rows`].
-    #[allow(clippy::too_many_arguments)]
-    fn qk_rows_f16(
-        self,
-        q: &[f32],
-        k: &[f16],
-        k_row_stride: usize,
-        cols: usize,
-        head_dim: usize,
-        scale: f32,
-        s: &mut [f32],
-        s_row_stride: usize,
-    ) {
-        let dot = |q: &[f32], k: &[f16]| self.dot_f16(q, k);
-        portable::qk_rows_by_dot(
-            q,
-            k,
-            k_row_stride,
-            cols,
-            head_dim,
-            scale,
-            s,
-            s_row_stride,
-            dot,
-        )
-    }
-
-    /// [`Simd::qk_rows`] with the key rows stored as bf16, widened to f32 as they are
-    /// loaded, as [`Simd::qk_rows_f16`] does for f16.
-    ///
-    /// # Shapes
-    /// As for [`Simd::qk_rows`].
-    #[allow(clippy::too_many_arguments)]
-    fn qk_rows_bf16(
-        self,
-        q: &[f32],
-        k: &[bf16],
-        k_row_stride: usize,
-        cols: usize,
-        head_dim: usize,
-        scale: f32,
-        s: &mut [f32],
-        s_row_stride: usize,
-    ) {
-        let dot = |q: &[f32], k: &[bf16]| self.dot_bf16(q, k);
-        portable::qk_rows_by_dot(
-            q,
-            k,
-            k_row_stride,
-            cols,
-            head_dim,
-            scale,
-            s,
-            s_row_stride,
-            dot,
-        )
+            s_row_stride
+        ))
     }
 
     /// Computes a transposed score tile: `st[j][i] = scale * sum_d k[j][d] * qt[d][i]`.
@@ -361,48 +365,21 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
     fn pv_tile(
         self,
         pt: &[f32],
-        v: &[f32],
-        v_row_stride: usize,
-        cols: usize,
-        head_dim: usize,
-        o: &mut [f32],
-    );
-
-    /// [`Simd::pv_tile`] with the value rows stored as f16, widened to f32 as they are
-    /// loaded, so no f32 copy of the values is written.
-    ///
-    /// # Shapes
-    /// As for [`Simd::pv_tile`].
-    fn pv_tile_f16(
-        self,
-        pt: &[f32],
-        v: &[f16],
+        v: Rows<'_>,
         v_row_stride: usize,
         cols: usize,
         head_dim: usize,
         o: &mut [f32],
     ) {
-        let axpy = |alpha: f32, x: &[f16], y: &mut [f32]| self.axpy_f16(alpha, x, y);
-        portable::pv_tile_by_axpy(pt, v, v_row_stride, cols, head_dim, o, axpy)
-    }
-
-    /// [`Simd::pv_tile`] with the value rows stored as bf16, widened to f32 as they are
-    /// loaded; the probabilities and sums stay f32 (unlike [`Simd::pv_tile_bf16`], which
-    /// rounds the probabilities for bf16 dot products).
-    ///
-    /// # Shapes
-    /// As for [`Simd::pv_tile`].
-    fn pv_tile_bf16_rows(
-        self,
-        pt: &[f32],
-        v: &[bf16],
-        v_row_stride: usize,
-        cols: usize,
-        head_dim: usize,
-        o: &mut [f32],
-    ) {
-        let axpy = |alpha: f32, x: &[bf16], y: &mut [f32]| self.axpy_bf16(alpha, x, y);
-        portable::pv_tile_by_axpy(pt, v, v_row_stride, cols, head_dim, o, axpy)
+        match_rows!(v, |v| portable::pv_tile_by_axpy(
+            self,
+            pt,
+            v,
+            v_row_stride,
+            cols,
+            head_dim,
+            o
+        ))
     }
 }
 

@@ -11,7 +11,7 @@ use std::arch::aarch64::*;
 
 use half::{bf16, f16};
 
-use super::{sealed, Isa, Portable, Simd};
+use super::{sealed, Isa, Portable, Rows, Simd};
 
 /// The token for AArch64 Advanced SIMD code.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +103,7 @@ impl Simd for Neon {
     fn pv_tile(
         self,
         pt: &[f32],
-        v: &[f32],
+        v: Rows<'_>,
         v_row_stride: usize,
         cols: usize,
         head_dim: usize,

@@ -4,7 +4,7 @@ use half::{bf16, f16};
 
 use super::{
     pack_v_bf16_cols, pv_tile_bf16_shape, pv_tile_shape, qk_rows_shape, qk_tile_bf16_cols,
-    qk_tile_cols, sealed, softmax_tile_cols, Isa, Simd, TILE_Q,
+    qk_tile_cols, sealed, softmax_tile_cols, Isa, RowElement, Simd, TILE_Q,
 };
 
 /// The token for plain Rust code; always available.
@@ -126,25 +126,13 @@ impl Simd for Portable {
             m[i] = m_new;
         }
     }
-
-    fn pv_tile(
-        self,
-        pt: &[f32],
-        v: &[f32],
-        v_row_stride: usize,
-        cols: usize,
-        head_dim: usize,
-        o: &mut [f32],
-    ) {
-        let axpy = |alpha: f32, x: &[f32], y: &mut [f32]| self.axpy(alpha, x, y);
-        pv_tile_by_axpy(pt, v, v_row_stride, cols, head_dim, o, axpy)
-    }
 }
 
-/// Scores query rows against key rows of any storage type one `dot` at a time, with the
-/// shapes of [`Simd::qk_rows`]; the tokens without a blocked version use it.
+/// Scores query rows against key rows of any storage type one [`RowElement::dot`] at a
+/// time, with the shapes of [`Simd::qk_rows`]; the tokens without a blocked version use it.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn qk_rows_by_dot<T>(
+pub(super) fn qk_rows_by_dot<S: Simd, T: RowElement>(
+    simd: S,
     q: &[f32],
     k: &[T],
     k_row_stride: usize,
@@ -153,35 +141,35 @@ pub(super) fn qk_rows_by_dot<T>(
     scale: f32,
     s: &mut [f32],
     s_row_stride: usize,
-    dot: impl Fn(&[f32], &[T]) -> f32,
 ) {
     let (rows, cols) = qk_rows_shape(q, k, k_row_stride, cols, head_dim, s, s_row_stride);
     for row in 0..rows {
         let q_row = &q[row * head_dim..][..head_dim];
         for col in 0..cols {
             let k_row = &k[col * k_row_stride..][..head_dim];
-            s[row * s_row_stride + col] = scale * dot(q_row, k_row);
+            s[row * s_row_stride + col] = scale * T::dot(simd, q_row, k_row);
         }
     }
 }
 
-/// Accumulates value rows of any storage type into output rows one `axpy` per (row, key),
-/// with the shapes of [`Simd::pv_tile`]; the tokens without a blocked version use it.
-pub(super) fn pv_tile_by_axpy<T>(
+/// Accumulates value rows of any storage type into output rows one [`RowElement::axpy`]
+/// per (row, key), with the shapes of [`Simd::pv_tile`]; the tokens without a blocked
+/// version use it.
+pub(super) fn pv_tile_by_axpy<S: Simd, T: RowElement>(
+    simd: S,
     pt: &[f32],
     v: &[T],
     v_row_stride: usize,
     cols: usize,
     head_dim: usize,
     o: &mut [f32],
-    axpy: impl Fn(f32, &[T], &mut [f32]),
 ) {
     let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
     for row in 0..rows {
         let o_row = &mut o[row * head_dim..][..head_dim];
         for col in 0..cols {
             let v_row = &v[col * v_row_stride..][..head_dim];
-            axpy(pt[col * TILE_Q + row], v_row, o_row);
+            T::axpy(simd, pt[col * TILE_Q + row], v_row, o_row);
         }
     }
 }

@@ -78,31 +78,23 @@ impl SimdOp for TilePrimitives {
                     let qt = values(head_dim * TILE_Q, 3);
                     let k = values(cols * row_stride, 4);
                     let k_f16: Vec<f16> = k.iter().map(|&x| f16::from_f32(x)).collect();
+                    let k_bf16: Vec<bf16> = k.iter().map(|&x| bf16::from_f32(x)).collect();
                     let mut st = vec![0.0; cols * TILE_Q];
                     simd.qk_tile(&qt, &k, row_stride, cols, head_dim, 0.125, &mut st);
                     results.extend(&st);
 
-                    // The same keys against a few query rows, scores in rows of TILE_KV.
+                    // The same keys against a few query rows, scores in rows of TILE_KV,
+                    // with the keys in each storage type.
                     for rows in [1, 3, 4, 5, 9] {
                         let q = values(rows * head_dim, 7);
-                        let mut s = vec![0.0; rows * TILE_KV];
-                        simd.qk_rows(&q, &k, row_stride, cols, head_dim, 0.125, &mut s, TILE_KV);
-                        results.extend(&s);
-                        let mut s = vec![0.0; rows * TILE_KV];
-                        let (k, scale) = (&k_f16, 0.125);
-                        simd.qk_rows_f16(&q, k, row_stride, cols, head_dim, scale, &mut s, TILE_KV);
-                        results.extend(&s);
-                        let mut s = vec![0.0; rows * TILE_KV];
-                        let k: Vec<bf16> =
-                            k_f16.iter().map(|x| bf16::from_f32(x.to_f32())).collect();
-                        simd.qk_rows_bf16(
-                            &q, &k, row_stride, cols, head_dim, scale, &mut s, TILE_KV,
-                        );
-                        results.extend(&s);
+                        for k in [Rows::F32(&k), Rows::F16(&k_f16), Rows::Bf16(&k_bf16)] {
+                            let mut s = vec![0.0; rows * TILE_KV];
+                            simd.qk_rows(&q, k, row_stride, cols, head_dim, 0.125, &mut s, TILE_KV);
+                            results.extend(&s);
+                        }
                     }
 
                     // The same scores from bf16 inputs, queries in pairs along head_dim.
-                    let k_bf16: Vec<bf16> = k.iter().map(|&x| bf16::from_f32(x)).collect();
                     let mut qp = vec![bf16::ZERO; head_dim.div_ceil(2) * 2 * TILE_Q];
                     for d in 0..head_dim {
                         for i in 0..TILE_Q {
@@ -141,21 +133,16 @@ impl SimdOp for TilePrimitives {
 
                     for rows in [1, 2, 3, 5, 7, TILE_Q] {
                         let v = values(cols * row_stride, 5);
-                        let mut o = values(rows * head_dim, 6);
-                        simd.pv_tile(&st, &v, row_stride, cols, head_dim, &mut o);
-                        results.extend(&o);
                         let v_f16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
-                        let mut o = values(rows * head_dim, 6);
-                        simd.pv_tile_f16(&st, &v_f16, row_stride, cols, head_dim, &mut o);
-                        results.extend(&o);
                         let v_bf16: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
-                        let mut o = values(rows * head_dim, 6);
-                        simd.pv_tile_bf16_rows(&st, &v_bf16, row_stride, cols, head_dim, &mut o);
-                        results.extend(&o);
+                        for v in [Rows::F32(&v), Rows::F16(&v_f16), Rows::Bf16(&v_bf16)] {
+                            let mut o = values(rows * head_dim, 6);
+                            simd.pv_tile(&st, v, row_stride, cols, head_dim, &mut o);
+                            results.extend(&o);
+                        }
 
                         // The same product with P rounded to bf16 and bf16 values in
                         // key pairs; NaN in the buffer shows any pair left unwritten.
-                        let v_bf16: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
                         let mut vp = vec![bf16::NAN; cols.div_ceil(2) * 2 * head_dim];
                         simd.pack_v_bf16(&v_bf16, row_stride, cols, head_dim, &mut vp);
                         results.extend(vp.iter().map(|x| x.to_f32()));
