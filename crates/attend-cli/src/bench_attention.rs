@@ -143,13 +143,7 @@ pub struct BenchAttentionArgs {
 
 /// Runs the benchmark and prints its result.
 pub fn run(args: &BenchAttentionArgs, allocator: &CountingAllocator) -> Result<(), String> {
-    let mut builder = rayon::ThreadPoolBuilder::new();
-    if let Some(threads) = args.threads {
-        builder = builder.num_threads(threads);
-    }
-    let pool = builder
-        .build()
-        .map_err(|e| format!("failed to start the thread pool: {e}"))?;
+    let pool = crate::common::thread_pool(args.threads)?;
     pool.install(|| match args.dtype {
         DTypeArg::F32 => run_typed::<f32>(args, allocator),
         DTypeArg::F16 => run_typed::<f16>(args, allocator),
@@ -282,6 +276,10 @@ fn run_typed<T: Element>(
     // Whether the kernel ran its block products on bf16 dot-product instructions.
     let bf16_dot =
         !args.oracle && T::DTYPE == DType::BF16 && params.isa.is_some_and(Isa::has_bf16_dot);
+    // The mask that ran: a window without --window-right is causal on its right side.
+    let (left, right) = params.window;
+    let causal = right == Some(0);
+    let side = |bound: Option<usize>| bound.map_or("unbounded".to_string(), |n| n.to_string());
 
     if args.json {
         let mut object = serde_json::json!({
@@ -296,8 +294,9 @@ fn run_typed<T: Element>(
             "heads": heads,
             "kv_heads": kv_heads,
             "head_dim": head_dim,
-            "causal": args.causal,
-            "window": params.window.0,
+            "causal": causal,
+            "window": left,
+            "window_right": right,
             "ms": ms,
             "gflops": gflops,
             "visible_pairs": pairs * (batch * heads) as u64,
@@ -310,13 +309,13 @@ fn run_typed<T: Element>(
         println!("{object}");
     } else {
         println!(
-            "{kernel} {} isa={isa} bf16_dot={bf16_dot} threads={threads} batch={batch} q_len={q_len} kv_len={kv_len} heads={heads}/{kv_heads} head_dim={head_dim} causal={} window={:?}",
+            "{kernel} {} isa={isa} bf16_dot={bf16_dot} threads={threads} batch={batch} q_len={q_len} kv_len={kv_len} heads={heads}/{kv_heads} head_dim={head_dim} causal={causal} window={}/{}",
             T::DTYPE.name(),
-            args.causal,
-            params.window.0,
+            side(left),
+            side(right),
         );
         println!(
-            "{ms:.3} ms  {gflops:.1} GFLOP/s (4 * heads * head_dim * visible pairs; {} visible pairs)  peak extra {peak_extra_bytes} bytes",
+            "{ms:.3} ms  {gflops:.1} GFLOP/s (4 * head_dim * visible pairs; {} visible pairs over all heads)  peak extra {peak_extra_bytes} bytes",
             pairs * (batch * heads) as u64
         );
         if let Some(baseline) = baseline_gflops {

@@ -86,13 +86,7 @@ impl Timing {
 /// A message naming the invalid option, or the cache or kernel error.
 pub fn run(args: &BenchDecodeArgs) -> Result<(), String> {
     validate(args)?;
-    let mut builder = rayon::ThreadPoolBuilder::new();
-    if let Some(threads) = args.threads {
-        builder = builder.num_threads(threads);
-    }
-    let pool = builder
-        .build()
-        .map_err(|e| format!("cannot start the thread pool: {e}"))?;
+    let pool = crate::common::thread_pool(args.threads)?;
     pool.install(|| bench(args, pool.current_num_threads()))
 }
 
@@ -112,9 +106,7 @@ fn validate(args: &BenchDecodeArgs) -> Result<(), String> {
             return Err(format!("{name} is 0; it must be at least 1"));
         }
     }
-    if args.threads == Some(0) {
-        return Err("--threads is 0; it must be at least 1".into());
-    }
+    crate::common::check_threads(args.threads)?;
     if !args.heads.is_multiple_of(args.kv_heads) {
         return Err(format!(
             "--heads {} is not a multiple of --kv-heads {}; use a kv head count that divides the heads",

@@ -45,16 +45,7 @@ pub fn run(args: &BenchMachineArgs) -> Result<(), String> {
             args.seconds
         ));
     }
-    if args.threads == Some(0) {
-        return Err("--threads 0 is invalid; pass at least 1".into());
-    }
-    let mut builder = rayon::ThreadPoolBuilder::new();
-    if let Some(threads) = args.threads {
-        builder = builder.num_threads(threads);
-    }
-    let pool = builder
-        .build()
-        .map_err(|e| format!("cannot start the thread pool: {e}"))?;
+    let pool = crate::common::thread_pool(args.threads)?;
     let budget = Duration::from_secs_f64(args.seconds);
     let copy_bytes = args
         .copy_mib

@@ -48,11 +48,8 @@ pub enum BenchMatmulError {
     UnknownType(String),
     #[error(transparent)]
     Quant(#[from] QuantError),
-    #[error("cannot build a thread pool of {threads} threads: {source}")]
-    ThreadPool {
-        threads: usize,
-        source: rayon::ThreadPoolBuildError,
-    },
+    #[error("{0}")]
+    ThreadPool(String),
     #[error("--seconds must be positive and finite, got {0}")]
     Seconds(f64),
 }
@@ -99,13 +96,8 @@ pub struct BenchMatmulReport {
 /// An unknown type, shapes the product rejects, an invalid `--seconds` or
 /// a thread pool that cannot be built.
 pub fn run(args: &BenchMatmulArgs) -> Result<BenchMatmulReport, BenchMatmulError> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|source| BenchMatmulError::ThreadPool { threads, source })?;
+    let pool = crate::common::thread_pool(args.threads).map_err(BenchMatmulError::ThreadPool)?;
+    let threads = pool.current_num_threads();
     let report = pool.install(|| measure(args, threads))?;
     if args.json {
         println!(

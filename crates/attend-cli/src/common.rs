@@ -92,18 +92,50 @@ pub fn model_error(path: &Path, err: &ModelError) -> String {
     format!("{}: {err}{hint}", path.display())
 }
 
+/// The most worker threads a command accepts: far more than any core count these
+/// kernels scale to, and few enough that a mistyped value cannot start threads
+/// until the machine runs out.
+pub const MAX_THREADS: usize = 1024;
+
+/// Checks a `--threads` value: at least 1 and at most [`MAX_THREADS`].
+pub fn check_threads(threads: Option<usize>) -> Result<(), String> {
+    match threads {
+        Some(0) => {
+            Err("--threads 0 is invalid; pass at least 1, or omit it for one per core".into())
+        }
+        Some(n) if n > MAX_THREADS => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Err(format!(
+                "--threads {n} is too many; pass at most {MAX_THREADS} (this machine has {cores} logical CPUs)"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Sizes rayon's global pool; `None` keeps one thread per available core.
 pub fn init_threads(threads: Option<usize>) -> Result<(), String> {
+    check_threads(threads)?;
     if let Some(n) = threads {
-        if n == 0 {
-            return Err("--threads 0 is invalid; pass at least 1".into());
-        }
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
             .map_err(|e| format!("failed to start {n} threads: {e}"))?;
     }
     Ok(())
+}
+
+/// Builds a pool of `threads` workers (`None`: one per available core) for a
+/// benchmark that runs inside it.
+pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool, String> {
+    check_threads(threads)?;
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = threads {
+        builder = builder.num_threads(n);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot start the thread pool: {e}"))
 }
 
 /// Opens a GGUF model, sets how its products treat their activations, and reads

@@ -158,6 +158,11 @@ pub fn run_similarity(args: &SimilarityArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest `attend bench embed --batch`. The benchmark embeds the whole batch
+/// in one call, at least three times (warm-up and timed runs), so a larger batch
+/// runs for hours on a small machine and adds nothing to the measurement.
+const MAX_BENCH_BATCH: usize = 4096;
+
 /// Runs `attend bench embed`: times embedding `--batch` sentences of `--tokens`
 /// tokens (tokenization included, as sentence-transformers' `encode` does), and an
 /// f32 GEMM at the feed-forward shape in the same run as the baseline.
@@ -168,11 +173,13 @@ pub fn run_bench(args: &BenchEmbedArgs) -> Result<(), String> {
     if args.batch == 0 {
         return Err("--batch 0 is invalid; give at least 1 sentence".to_string());
     }
-    if args.threads == Some(0) {
-        return Err(
-            "--threads 0 is invalid; give at least 1, or omit it for one per CPU".to_string(),
-        );
+    if args.batch > MAX_BENCH_BATCH {
+        return Err(format!(
+            "--batch {} is too large for a benchmark; pass at most {MAX_BENCH_BATCH} sentences",
+            args.batch
+        ));
     }
+    crate::common::check_threads(args.threads)?;
     let mut encoder = load_encoder(args.model.as_deref(), None)?;
     let max_positions = encoder.model().config().max_position_embeddings;
     if args.tokens < 2 || args.tokens > max_positions {
@@ -202,13 +209,7 @@ pub fn run_bench(args: &BenchEmbedArgs) -> Result<(), String> {
     }
     let texts = vec![sentence.as_str(); args.batch];
 
-    let mut builder = rayon::ThreadPoolBuilder::new();
-    if let Some(threads) = args.threads {
-        builder = builder.num_threads(threads);
-    }
-    let pool = builder
-        .build()
-        .map_err(|err| format!("cannot start the thread pool: {err}"))?;
+    let pool = crate::common::thread_pool(args.threads)?;
     let threads = pool.current_num_threads();
     let report = pool.install(|| measure(&encoder, &texts, args.tokens))?;
 

@@ -59,13 +59,13 @@ pub fn run(args: &PerplexityArgs) -> Result<(), String> {
     let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
     let engine = load_engine(&path, args.quiet, args.activations)?;
     let tokens = engine.encode(&text).map_err(|e| e.to_string())?;
-    if tokens.len() < 2 * args.ctx {
+    // Two chunks at least, so that the standard error is defined.
+    if tokens.len() / 2 < args.ctx {
         return Err(format!(
-            "--file {} has {} tokens, but --ctx {} needs at least {}; pass a longer text or a smaller --ctx",
+            "--file {} has {} tokens, but --ctx {} needs at least two chunks of that length; pass a longer text or a smaller --ctx",
             args.file.display(),
             tokens.len(),
             args.ctx,
-            2 * args.ctx
         ));
     }
 

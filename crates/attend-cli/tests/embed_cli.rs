@@ -188,6 +188,10 @@ fn bench_rejects_bad_sizes() {
     let model = minilm_dir();
     let output = attend(&["bench", "embed", "--model", &model, "--batch", "0"]);
     assert_one_line_error(&output, &["--batch 0"]);
+    let output = attend(&["bench", "embed", "--model", &model, "--batch", "100000000"]);
+    assert_one_line_error(&output, &["--batch 100000000", "at most 4096"]);
+    let output = attend(&["bench", "embed", "--model", &model, "--threads", "0"]);
+    assert_one_line_error(&output, &["--threads 0", "at least 1"]);
     let output = attend(&["bench", "embed", "--model", &model, "--tokens", "600"]);
     assert_one_line_error(&output, &["--tokens 600", "2 to 512"]);
 }

@@ -575,6 +575,24 @@ fn threads_zero() {
 }
 
 #[test]
+fn threads_beyond_the_bound() {
+    // A huge count would start threads until the machine ran out; every command
+    // that takes --threads checks it before starting any.
+    let attention = "bench attention --seq-len 8 --heads 1 --head-dim 8 --threads";
+    let matmul = "bench matmul --type q4_0 --rows 8 --cols 32 --threads";
+    for command in [
+        "generate --threads 100000 hi".to_string(),
+        format!("{attention} 5000"),
+        format!("{attention} 0"),
+        format!("{matmul} 1025"),
+    ] {
+        let args: Vec<&str> = command.split(' ').collect();
+        let output = attend(&args);
+        assert_one_line_error(&output, &["--threads", "pass at"]);
+    }
+}
+
+#[test]
 fn negative_temperature() {
     let output = attend(&["generate", "--temperature", "-1", "hi"]);
     assert_one_line_error(&output, &["temperature -1", ">= 0"]);

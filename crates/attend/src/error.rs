@@ -94,7 +94,7 @@ pub enum AttendError {
 
     /// The requested instruction set is not available on this CPU.
     #[error(
-        "instruction set {isa:?} is not available on this CPU; use Isa::detect() or Isa::Portable"
+        "instruction set {isa:?} is not available on this CPU; choose the detected one (Isa::detect(), `--isa auto`) or the portable one"
     )]
     IsaUnavailable { isa: Isa },
 }

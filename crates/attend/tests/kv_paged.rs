@@ -440,8 +440,18 @@ fn invalid_pool_sizes() {
             1 << 20,
             1 << 20
         ),
-        Err(KvError::Allocation { .. })
+        Err(KvError::SizeOverflow { .. })
     ));
+    let err = PagedCache::new(
+        KvConfig::new(1, 1, KvDtype::F32),
+        u32::MAX as usize,
+        usize::MAX,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, KvError::SizeOverflow { .. }) && err.to_string().contains(" x "),
+        "{err}"
+    );
 }
 
 // ---- model-based property test -------------------------------------------------------

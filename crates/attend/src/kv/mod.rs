@@ -143,6 +143,9 @@ pub enum KvError {
     InvalidBlockTable { reason: String },
     #[error("cannot allocate {bytes} bytes of cache storage; use fewer tokens or blocks")]
     Allocation { bytes: usize },
+    /// The storage size of `slots` token slots does not fit in a `usize`.
+    #[error("a cache of {slots} token slots is larger than this machine can address; use fewer tokens or blocks")]
+    SizeOverflow { slots: String },
 }
 
 /// One attention layer's KV storage for any number of sequences.

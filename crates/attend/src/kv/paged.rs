@@ -119,7 +119,9 @@ impl PagedCache {
         }
         let slots = num_blocks
             .checked_mul(block_size)
-            .ok_or(KvError::Allocation { bytes: usize::MAX })?;
+            .ok_or_else(|| KvError::SizeOverflow {
+                slots: format!("{num_blocks} x {block_size}"),
+            })?;
         let k = RowStore::new(config.dtype, config.n_kv_heads, config.head_dim, slots)?;
         let v = RowStore::new(config.dtype, config.n_kv_heads, config.head_dim, slots)?;
         Ok(Self {

@@ -112,7 +112,9 @@ impl KvCache for RollingCache {
         let slots = self
             .sinks
             .checked_add(self.window)
-            .ok_or(KvError::Allocation { bytes: usize::MAX })?;
+            .ok_or_else(|| KvError::SizeOverflow {
+                slots: format!("{} + {}", self.sinks, self.window),
+            })?;
         let state = RollingSeq {
             k: RowStore::new(c.dtype, c.n_kv_heads, c.head_dim, slots)?,
             v: RowStore::new(c.dtype, c.n_kv_heads, c.head_dim, slots)?,

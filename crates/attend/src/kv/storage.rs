@@ -187,7 +187,8 @@ impl RowStore {
     /// Allocates `slots` zeroed rows.
     ///
     /// # Errors
-    /// [`KvError::Allocation`] when the size overflows or the memory is not available.
+    /// [`KvError::SizeOverflow`] when the size overflows, [`KvError::Allocation`] when
+    /// the memory is not available.
     pub(crate) fn new(
         dtype: KvDtype,
         n_kv_heads: usize,
@@ -197,7 +198,9 @@ impl RowStore {
         let row_bytes = dtype.row_bytes(n_kv_heads, head_dim);
         let bytes = slots
             .checked_mul(row_bytes)
-            .ok_or(KvError::Allocation { bytes: usize::MAX })?;
+            .ok_or_else(|| KvError::SizeOverflow {
+                slots: slots.to_string(),
+            })?;
         let len = slots * n_kv_heads * head_dim;
         let buffer = match dtype {
             KvDtype::F32 => Buffer::F32(zeroed(len, 0.0, bytes)?),
