@@ -28,7 +28,7 @@ pub struct BenchGenerateArgs {
     /// Tokens put in the cache before the timed part (untimed).
     #[arg(long, default_value_t = 0)]
     pub depth: usize,
-    /// Storage type of the KV cache.
+    /// Storage type of the KV cache: f32, f16, bf16 or int8.
     #[arg(long, default_value = "f16")]
     pub kv_dtype: KvDtype,
     /// Activations of the quantized products: q8 (8-bit, fast, as llama.cpp) or f32
@@ -61,6 +61,12 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
         .depth
         .saturating_add(args.prompt_tokens)
         .saturating_add(args.gen_tokens);
+    let trained = decoder.config().context_trained;
+    if ctx > trained {
+        eprintln!(
+            "warning: --depth + --prompt-tokens + --gen-tokens = {ctx} is longer than the {trained} tokens the model was trained with; the speed is still measured"
+        );
+    }
     let mut session = decoder.new_session(ctx, args.kv_dtype).map_err(|e| {
         format!("failed to create a KV cache of {ctx} tokens (--depth + --prompt-tokens + --gen-tokens): {e}")
     })?;

@@ -156,15 +156,15 @@ impl Conversation {
 /// dropping the older turns is reported and skipped; the exit status is then
 /// a failure once input ends.
 pub fn run_chat(args: &ChatArgs) -> Result<(), String> {
-    let params = args.sampling.params();
-    params.sampling.validate().map_err(|e| e.to_string())?;
+    let params = args.sampling.checked_params()?;
     let (engine, mut session) = open(&args.model)?;
     let mut conversation = Conversation::new(&engine, args.system.as_deref())?;
     let stdin = std::io::stdin();
-    eprintln!(
-        "chat with {}; an empty line or end of input quits",
-        engine.decoder().config().architecture
-    );
+    let file = engine.decoder().file();
+    let name = file
+        .get_str("general.name")
+        .unwrap_or(&engine.decoder().config().architecture);
+    eprintln!("chat with {name}; an empty line or end of input quits");
     let mut skipped = 0usize;
     loop {
         eprint!("> ");
@@ -174,7 +174,8 @@ pub fn run_chat(args: &ChatArgs) -> Result<(), String> {
             .read_line(&mut line)
             .map_err(|e| format!("failed to read a message from stdin: {e}"))?;
         let line = line.trim_end_matches(['\n', '\r']);
-        if read == 0 || line.is_empty() {
+        // A line of spaces looks empty on the terminal, so it quits too.
+        if read == 0 || line.trim().is_empty() {
             break;
         }
         conversation.messages.push(ChatMessage::new("user", line));

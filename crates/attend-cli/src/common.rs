@@ -14,7 +14,8 @@ pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The model folder: `$ATTEND_MODELS`, else `~/.cache/attend/models`.
 pub fn models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ATTEND_MODELS") {
+    // An empty value counts as unset, as shells leave `ATTEND_MODELS=` behind.
+    if let Some(dir) = std::env::var_os("ATTEND_MODELS").filter(|dir| !dir.is_empty()) {
         return PathBuf::from(dir);
     }
     let home = std::env::var_os("HOME")

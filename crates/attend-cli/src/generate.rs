@@ -68,7 +68,18 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub(crate) fn params(&self) -> GenerateParams {
+    /// The generation parameters, checked: sampling values in range and no empty
+    /// stop string (which would stop before the first token).
+    pub(crate) fn checked_params(&self) -> Result<GenerateParams, String> {
+        let params = self.params();
+        params.sampling.validate().map_err(|e| e.to_string())?;
+        if self.stop.iter().any(String::is_empty) {
+            return Err("--stop \"\" is empty; pass the text to stop at".into());
+        }
+        Ok(params)
+    }
+
+    fn params(&self) -> GenerateParams {
         GenerateParams {
             sampling: SamplingParams {
                 temperature: self.temperature,
@@ -101,7 +112,8 @@ pub struct GenerateArgs {
     /// Print one JSON object with the ids, text and speeds instead of streaming.
     #[arg(long)]
     pub json: bool,
-    /// The prompt.
+    /// The prompt. Special tokens written in it (such as `<|im_start|>`) are parsed
+    /// as such, and the file's BOS rule applies.
     pub prompt: String,
 }
 
@@ -135,8 +147,7 @@ pub(crate) fn open(args: &ModelArgs) -> Result<(Engine, Session), String> {
 
 /// Runs `attend generate`.
 pub fn run_generate(args: &GenerateArgs) -> Result<(), String> {
-    let params = args.sampling.params();
-    params.sampling.validate().map_err(|e| e.to_string())?;
+    let params = args.sampling.checked_params()?;
     let (engine, mut session) = open(&args.model)?;
     let prompt = if args.chat {
         let mut messages = Vec::new();

@@ -11,18 +11,19 @@ use crate::common::{check_model_file, model_error, write_error};
 
 /// Options of `attend kv-plan`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("shape").required(true).args(["model", "layers"])))]
 pub struct KvPlanArgs {
     /// GGUF model whose metadata gives the layers, heads, head dim and windows.
     #[arg(long, conflicts_with_all = ["layers", "kv_heads", "head_dim", "window", "sliding_layers"])]
     pub model: Option<PathBuf>,
-    /// Number of attention layers.
-    #[arg(long, required_unless_present = "model")]
+    /// Number of attention layers (with --kv-heads and --head-dim, instead of --model).
+    #[arg(long, requires_all = ["kv_heads", "head_dim"])]
     pub layers: Option<usize>,
     /// Key/value heads per layer.
-    #[arg(long, required_unless_present = "model")]
+    #[arg(long, requires = "layers")]
     pub kv_heads: Option<usize>,
     /// Elements per head.
-    #[arg(long, required_unless_present = "model")]
+    #[arg(long, requires = "layers")]
     pub head_dim: Option<usize>,
     /// Tokens per sequence (prompt plus generated).
     #[arg(long)]

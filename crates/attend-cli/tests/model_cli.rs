@@ -461,6 +461,13 @@ fn chat_reuses_cache_between_turns() {
 }
 
 #[test]
+fn chat_line_of_spaces_quits() {
+    // The banner says an empty line quits; a line of spaces looks the same.
+    let prefills = chat_prefills(SMOLLM2, "Hi\n   \nThis turn is never read.\n");
+    assert_eq!(prefills.len(), 1, "{prefills:?}");
+}
+
+#[test]
 fn closed_pipe_does_not_panic() {
     // About 100 KB of ids, more than a pipe buffers.
     let text = "word ".repeat(20_000);
@@ -572,6 +579,18 @@ fn context_zero() {
 fn threads_zero() {
     let output = attend(&["generate", "--threads", "0", "hi"]);
     assert_one_line_error(&output, &["--threads 0", "at least 1"]);
+}
+
+#[test]
+fn empty_stop_string() {
+    let output = attend(&["generate", "--stop", "", "hi"]);
+    assert_one_line_error(&output, &["--stop \"\"", "text to stop at"]);
+}
+
+#[test]
+fn kv_plan_without_a_shape_names_both_sources() {
+    let output = attend(&["kv-plan", "--context", "100"]);
+    assert_one_line_error(&output, &["--model", "--layers"]);
 }
 
 #[test]
