@@ -1,11 +1,14 @@
-//! The decoder on corrupted copies of the real GGUF models. Each copy changes one
-//! metadata value or tensor type in memory, and loading it must fail with an
-//! error that names the value.
+//! The decoder and engine on corrupted copies of the real GGUF models. Each copy
+//! changes one metadata value, tensor type or tensor's data, in memory or in a
+//! file under the target directory's temporary space. Loading or running it must
+//! fail with an error that names the value.
 
 mod model_support;
 
+use std::path::PathBuf;
+
 use attend_models::gguf::{Gguf, GgufError, GgufWriter};
-use attend_models::{Decoder, GgmlType, ModelError};
+use attend_models::{Decoder, Engine, GenerateParams, GgmlType, ModelError};
 use model_support::model_path;
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -84,6 +87,15 @@ fn rebuild(
     writer.to_bytes()
 }
 
+/// Writes `bytes` to a file named `name` under the target's temporary space.
+fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("corrupt_models");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 fn assert_invalid_config(result: Result<Decoder, ModelError>, expected_key: &str, value: &str) {
     let err = result.err().expect("the corrupted file should be rejected");
     assert!(
@@ -153,4 +165,80 @@ fn quantized_norm_rejected() {
             if name == "output_norm.weight"),
         "{err}"
     );
+}
+
+#[test]
+fn token_list_off_the_vocabulary_rejected() {
+    let source = Gguf::open(model_path(SMOLLM2)).unwrap();
+    // One token more than token_embd.weight has rows. The arrays that run parallel
+    // to the token list get an entry too, so that the tokenizer accepts the list.
+    let mut tokens = source.get_str_array("tokenizer.ggml.tokens").unwrap();
+    tokens.push("<extra>");
+    let mut token_types = source.get_i32_array("tokenizer.ggml.token_type").ok();
+    let mut scores = source.get_f32_array("tokenizer.ggml.scores").ok();
+    let bytes = rebuild(
+        &source,
+        |_| None,
+        |writer| {
+            writer.set_str_array("tokenizer.ggml.tokens", &tokens);
+            if let Some(types) = &mut token_types {
+                types.push(1);
+                writer.set_i32_array("tokenizer.ggml.token_type", types);
+            }
+            if let Some(scores) = &mut scores {
+                scores.push(0.0);
+                writer.set_f32_array("tokenizer.ggml.scores", scores);
+            }
+        },
+    );
+    let path = scratch_file("long_token_list.gguf", &bytes);
+    let err = Engine::open(&path)
+        .err()
+        .expect("a token list longer than the vocabulary should be rejected");
+    assert!(
+        matches!(&err, ModelError::InvalidConfig { key, value, .. }
+            if key == "tokenizer.ggml.tokens" && value == "49153 tokens"),
+        "{err}"
+    );
+}
+
+#[test]
+fn nan_output_norm_fails_perplexity_and_generation() {
+    let mut bytes = model_bytes(SMOLLM2);
+    let (start, len) = {
+        let file = Gguf::from_bytes(bytes.clone()).unwrap();
+        let norm = file.tensor_info("output_norm.weight").unwrap();
+        assert_eq!(norm.ggml_type(), GgmlType::F32);
+        (file.data_offset() + norm.offset(), norm.size_bytes())
+    };
+    for value in bytes[start..start + len].chunks_exact_mut(4) {
+        value.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let path = scratch_file("nan_output_norm.gguf", &bytes);
+    let engine = Engine::open(&path).unwrap();
+    let tokens = engine.encode(&"The sky is blue. ".repeat(4)).unwrap();
+
+    let ctx = tokens.len() / 2;
+    let err = engine.perplexity(&tokens, ctx, |_, _| {}).unwrap_err();
+    // The first scored row is the one after the first half of the first chunk.
+    assert!(
+        matches!(err, ModelError::NonFiniteLogits { token_idx, value } if token_idx == ctx / 2 && value.is_nan()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("may be corrupt"), "{err}");
+
+    let mut session = engine
+        .decoder()
+        .new_session(64, attend_models::decoder::DEFAULT_KV_DTYPE)
+        .unwrap();
+    let params = GenerateParams {
+        sampling: Default::default(),
+        max_tokens: 4,
+        stop_strings: Vec::new(),
+    };
+    let err = engine
+        .generate(&mut session, &tokens[..4], &params, |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("non-finite logit"), "{err}");
+    assert!(err.to_string().contains("may be corrupt"), "{err}");
 }
