@@ -87,6 +87,17 @@ pub enum BertError {
     /// The attention kernel rejected its input.
     #[error("attention failed: {0}")]
     Attention(#[from] AttendError),
+    /// `num_hidden_layers` disagrees with the encoder layers in the weights file.
+    #[error("config.json `num_hidden_layers` = {value} does not match {path}, which has {layers_in_file} encoder layers among its {n_tensors} tensors; use the config.json that belongs to these weights")]
+    LayerCount {
+        path: PathBuf,
+        value: usize,
+        layers_in_file: usize,
+        n_tensors: usize,
+    },
+    /// An embedding came out NaN or infinite, which finite weights never give.
+    #[error("the embedding of input {index} is not finite (NaN or infinity); the model weights may be corrupt, so download the model again")]
+    NonFiniteEmbedding { index: usize },
 }
 
 /// The fields of a Hugging Face BERT `config.json` that the forward pass uses.
@@ -266,8 +277,9 @@ impl BertModel {
     /// The linear layers use `kernel` (`None`: the fastest this CPU runs).
     ///
     /// # Errors
-    /// [`BertError::Weights`] naming the first tensor that is missing, not f32, or
-    /// shaped differently from what `config` implies; [`BertError::Linear`] when
+    /// [`BertError::LayerCount`] when `config.num_hidden_layers` differs from the
+    /// layers in `weights`; [`BertError::Weights`] naming the first tensor that is
+    /// missing, not f32, or shaped differently from what `config` implies; [`BertError::Linear`] when
     /// `kernel` cannot run on this CPU.
     pub fn load(
         config: BertConfig,
@@ -303,6 +315,7 @@ impl BertModel {
         let embed_norm_weight = vector("embeddings.LayerNorm.weight", hidden)?;
         let embed_norm_bias = vector("embeddings.LayerNorm.bias", hidden)?;
 
+        check_layer_count(&config, weights)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for layer_idx in 0..config.num_hidden_layers {
             let name = |suffix: &str| format!("encoder.layer.{layer_idx}.{suffix}");
@@ -753,14 +766,19 @@ impl SentenceEncoder {
                 tokens += batch[end].len();
                 end += 1;
             }
-            embeddings.extend(self.embed_packed(&batch[start..end])?);
+            embeddings.extend(self.embed_packed(&batch[start..end], start)?);
             start = end;
         }
         Ok(embeddings)
     }
 
-    /// Embeds `batch` in one packed forward pass.
-    fn embed_packed(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, BertError> {
+    /// Embeds `batch`, whose first sequence is input `first_index`, in one packed
+    /// forward pass.
+    fn embed_packed(
+        &self,
+        batch: &[Vec<u32>],
+        first_index: usize,
+    ) -> Result<Vec<Vec<f32>>, BertError> {
         let mut cu_seqlens = Vec::with_capacity(batch.len() + 1);
         cu_seqlens.push(0);
         let mut ids = Vec::new();
@@ -769,16 +787,20 @@ impl SentenceEncoder {
             cu_seqlens.push(ids.len());
         }
         let hidden_states = self.model.forward(&ids, &cu_seqlens)?;
-        Ok(mean_pool_normalized(
-            &hidden_states,
-            &cu_seqlens,
-            self.dim(),
-        ))
+        mean_pool_normalized(&hidden_states, &cu_seqlens, self.dim()).map_err(|batch_idx| {
+            BertError::NonFiniteEmbedding {
+                index: first_index + batch_idx,
+            }
+        })
     }
 }
 
 /// Averages each sequence's rows and scales the mean to unit L2 norm (a zero mean,
 /// or an empty sequence, stays zero).
+///
+/// # Errors
+/// `Err` carries the batch index of the first sequence whose mean is not finite,
+/// which the normalisation would otherwise turn into zeros.
 ///
 /// # Shapes
 /// `hidden_states: [total_tokens, dim]`, `cu_seqlens: [batch + 1]`; returns `[batch]`
@@ -787,13 +809,18 @@ impl SentenceEncoder {
 /// # Panics
 /// When the offsets decrease or lie past `hidden_states`; [`BertModel::forward`]
 /// validates the offsets it returns states for.
-fn mean_pool_normalized(hidden_states: &[f32], cu_seqlens: &[usize], dim: usize) -> Vec<Vec<f32>> {
+fn mean_pool_normalized(
+    hidden_states: &[f32],
+    cu_seqlens: &[usize],
+    dim: usize,
+) -> Result<Vec<Vec<f32>>, usize> {
     cu_seqlens
         .windows(2)
-        .map(|bounds| {
+        .enumerate()
+        .map(|(batch_idx, bounds)| {
             let rows = &hidden_states[bounds[0] * dim..bounds[1] * dim];
             if rows.is_empty() {
-                return vec![0.0; dim];
+                return Ok(vec![0.0; dim]);
             }
             let count = (bounds[1] - bounds[0]) as f64;
             let mut sum = vec![0.0f64; dim];
@@ -802,8 +829,12 @@ fn mean_pool_normalized(hidden_states: &[f32], cu_seqlens: &[usize], dim: usize)
                     *s += f64::from(v);
                 }
             }
+            if !sum.iter().all(|s| s.is_finite()) {
+                return Err(batch_idx);
+            }
             let norm = sum.iter().map(|s| (s / count).powi(2)).sum::<f64>().sqrt();
-            sum.iter()
+            Ok(sum
+                .iter()
                 .map(|s| {
                     if norm > 0.0 {
                         (s / count / norm) as f32
@@ -811,9 +842,37 @@ fn mean_pool_normalized(hidden_states: &[f32], cu_seqlens: &[usize], dim: usize)
                         0.0
                     }
                 })
-                .collect()
+                .collect())
         })
         .collect()
+}
+
+/// Checks `config.num_hidden_layers` against the encoder layers
+/// (`encoder.layer.{i}.*`) in `weights` before anything is allocated per layer.
+/// Every layer has tensors, so the count can exceed neither the number of
+/// tensors nor the highest layer index plus one.
+fn check_layer_count(config: &BertConfig, weights: &SafetensorsFile) -> Result<(), BertError> {
+    let names = weights.tensor_names();
+    let layers_in_file = names
+        .iter()
+        .filter_map(|name| {
+            name.strip_prefix("encoder.layer.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |last_idx| last_idx + 1);
+    if config.num_hidden_layers > names.len() || config.num_hidden_layers != layers_in_file {
+        return Err(BertError::LayerCount {
+            path: weights.path().to_path_buf(),
+            value: config.num_hidden_layers,
+            layers_in_file,
+            n_tensors: names.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Returns the cosine similarity of two vectors, accumulated in f64; 0 when either

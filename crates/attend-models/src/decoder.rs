@@ -278,8 +278,8 @@ impl Decoder {
             token_embd.clone()
         };
         let output_norm = vector(&file, "output_norm.weight", c.hidden)?;
-        let q_width = c.n_heads * c.head_dim;
-        let kv_width = c.n_kv_heads * c.head_dim;
+        let q_width = heads_width(c, c.n_heads, "attention.head_count")?;
+        let kv_width = heads_width(c, c.n_kv_heads, "attention.head_count_kv")?;
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let name = |suffix: &str| format!("blk.{i}.{suffix}.weight");
@@ -698,7 +698,7 @@ fn linear(file: &Gguf, name: &str, rows: usize, cols: usize) -> Result<Linear, M
     })
 }
 
-/// Reads a 1-D weight of `len` values (norm scales), converting it to f32.
+/// Reads a 1-D float weight of `len` values (norm scales), converting it to f32.
 fn vector(file: &Gguf, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
     let tensor = file.tensor(name)?;
     if tensor.dims() != [len] {
@@ -708,9 +708,106 @@ fn vector(file: &Gguf, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
             found: tensor.dims().to_vec(),
         });
     }
+    if !matches!(
+        tensor.ggml_type(),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16
+    ) {
+        return Err(ModelError::TensorType {
+            name: name.into(),
+            ty: tensor.ggml_type(),
+            supported: "F32, F16, BF16 (norm weights are never quantized)",
+        });
+    }
     let mut out = vec![0.0f32; len];
     quant::dequantize(tensor.ggml_type(), tensor.data(), &mut out)?;
     Ok(out)
+}
+
+/// Returns `n_heads * head_dim`, the width of the projection of those heads.
+///
+/// # Errors
+/// [`ModelError::InvalidConfig`] naming `{arch}.{key}` when the product overflows.
+fn heads_width(c: &DecoderConfig, n_heads: usize, key: &str) -> Result<usize, ModelError> {
+    n_heads
+        .checked_mul(c.head_dim)
+        .ok_or_else(|| ModelError::InvalidConfig {
+            key: format!("{}.{key}", c.architecture),
+            value: n_heads.to_string(),
+            reason: format!(
+                "times the head dim {} overflows; the metadata is corrupt, so download or convert the file again",
+                c.head_dim
+            ),
+        })
+}
+
+/// Checks `{arch}.block_count` against the layer tensors (`blk.{i}.*`) of the
+/// file before anything is allocated per layer. Every layer has tensors, so the
+/// count can exceed neither the number of tensors nor the highest layer index
+/// plus one. A smaller count would skip the file's last layers.
+///
+/// # Errors
+/// [`ModelError::InvalidConfig`] naming the key and the layers the file has.
+pub(crate) fn check_block_count(
+    file: &Gguf,
+    arch: &str,
+    n_layers: usize,
+) -> Result<(), ModelError> {
+    let invalid = |reason: String| ModelError::InvalidConfig {
+        key: format!("{arch}.block_count"),
+        value: n_layers.to_string(),
+        reason: format!("{reason}; the metadata is corrupt, so download or convert the file again"),
+    };
+    let n_tensors = file.tensors().len();
+    if n_layers > n_tensors {
+        return Err(invalid(format!(
+            "the file has only {n_tensors} tensors, fewer than one per layer"
+        )));
+    }
+    let last_layer_idx = file
+        .tensors()
+        .iter()
+        .filter_map(|tensor| layer_index(tensor.name()))
+        .max();
+    match last_layer_idx {
+        Some(last_idx) if last_idx + 1 == n_layers => Ok(()),
+        Some(last_idx) => Err(invalid(format!(
+            "the file has tensors for {} layers (blk.0 to blk.{last_idx})",
+            last_idx + 1
+        ))),
+        None => Err(invalid("the file has no layer tensors (blk.N.*)".into())),
+    }
+}
+
+/// Parses the layer index `i` from a tensor name `blk.{i}.*`.
+fn layer_index(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+/// Checks `{arch}.attention.key_length` and `value_length`, when the file has
+/// them, against the head dim the engine uses for q, k and v alike.
+///
+/// # Errors
+/// [`ModelError::InvalidConfig`] naming the key that differs.
+pub(crate) fn check_head_lengths(
+    file: &Gguf,
+    arch: &str,
+    head_dim: usize,
+) -> Result<(), ModelError> {
+    for suffix in ["attention.key_length", "attention.value_length"] {
+        let key = format!("{arch}.{suffix}");
+        if let Some(length) = file.get_integer::<usize>(&key).optional()? {
+            if length != head_dim {
+                return Err(ModelError::InvalidConfig {
+                    key,
+                    value: length.to_string(),
+                    reason: format!(
+                        "differs from the head dim {head_dim}, and attend runs only models whose keys and values have the head dim"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads `{arch}.{suffix}` as a positive integer.

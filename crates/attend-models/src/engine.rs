@@ -64,10 +64,24 @@ impl Engine {
     /// Opens a GGUF model and builds its tokenizer and chat template.
     ///
     /// # Errors
-    /// The errors of [`Decoder::open`] and of building the tokenizer.
+    /// The errors of [`Decoder::open`] and of building the tokenizer, and
+    /// [`ModelError::InvalidConfig`] when the token list and `token_embd.weight`
+    /// have different vocabulary sizes.
     pub fn open(path: impl AsRef<Path>) -> Result<Engine, ModelError> {
         let decoder = Decoder::open(path)?;
         let tokenizer = Tokenizer::from_gguf(decoder.file())?;
+        // Every token id must have a row of embeddings and of logits, and every
+        // logit a token to decode to, as llama.cpp requires.
+        let vocab = decoder.config().vocab;
+        if tokenizer.n_vocab() != vocab {
+            return Err(ModelError::InvalidConfig {
+                key: "tokenizer.ggml.tokens".into(),
+                value: format!("{} tokens", tokenizer.n_vocab()),
+                reason: format!(
+                    "token_embd.weight has {vocab} rows; the file is corrupt, so download or convert it again"
+                ),
+            });
+        }
         let (template, template_error) = match ChatTemplate::from_gguf(decoder.file(), &tokenizer) {
             Ok(template) => (Some(template), None),
             Err(err) => (None, Some(err.to_string())),
@@ -245,8 +259,9 @@ impl Engine {
     /// `tokens: [n]` with `n >= 2 * ctx`; the last `n % ctx` tokens are unused.
     ///
     /// # Errors
-    /// [`ModelError::InvalidConfig`] for `ctx < 4` or too few tokens, and the
-    /// model's errors.
+    /// [`ModelError::InvalidConfig`] for `ctx < 4` or too few tokens,
+    /// [`ModelError::NonFiniteLogits`] for a NaN or infinite logit in a scored
+    /// row, and the model's errors.
     pub fn perplexity(
         &self,
         tokens: &[u32],
@@ -291,6 +306,12 @@ impl Engine {
             }
             for j in first..ctx - 1 {
                 let row = &logits[j * vocab..(j + 1) * vocab];
+                if let Some(&value) = row.iter().find(|v| !v.is_finite()) {
+                    return Err(ModelError::NonFiniteLogits {
+                        token_idx: chunk_idx * ctx + j,
+                        value,
+                    });
+                }
                 let target = tokens[chunk_idx * ctx + j + 1] as usize;
                 let nll = -log_softmax_at(row, target);
                 nll_sum += nll;

@@ -70,6 +70,11 @@ pub enum ModelError {
     #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
     TokenOutOfRange { id: u32, vocab: usize },
 
+    /// The model produced a NaN or infinite logit, which finite weights and
+    /// inputs never do.
+    #[error("the model produced a non-finite logit ({value}) at token {token_idx}; the model file may be corrupt, so download or convert it again")]
+    NonFiniteLogits { token_idx: usize, value: f32 },
+
     /// More tokens than the session's context holds.
     #[error("{requested} tokens do not fit in the context of {context} tokens; pass a larger --ctx (the model was trained with {trained})")]
     ContextFull {

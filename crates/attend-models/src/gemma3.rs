@@ -22,7 +22,10 @@
 
 use attend::rope::{RopeConfig, RopeLayout};
 
-use crate::decoder::{optional_f32, required_usize, Activation, DecoderConfig, LayerSpec};
+use crate::decoder::{
+    check_block_count, check_head_lengths, optional_f32, required_usize, Activation, DecoderConfig,
+    LayerSpec,
+};
 use crate::error::ModelError;
 use crate::gguf::Gguf;
 
@@ -56,6 +59,8 @@ pub fn config(file: &Gguf) -> Result<DecoderConfig, ModelError> {
             reason: format!("must divide head_count {n_heads}"),
         });
     }
+    check_block_count(file, arch, n_layers)?;
+    check_head_lengths(file, arch, head_dim)?;
     let window = required_usize(file, arch, "attention.sliding_window")?;
     let global_base = optional_f32(file, arch, "rope.freq_base")?.unwrap_or(1_000_000.0);
     if let Some(factor) = optional_f32(file, arch, "rope.scaling.factor")? {

@@ -9,7 +9,10 @@
 
 use attend::rope::{RopeConfig, RopeLayout};
 
-use crate::decoder::{optional_f32, required_usize, Activation, DecoderConfig, LayerSpec};
+use crate::decoder::{
+    check_block_count, check_head_lengths, optional_f32, required_usize, Activation, DecoderConfig,
+    LayerSpec,
+};
 use crate::error::ModelError;
 use crate::gguf::{Gguf, OptionalKey};
 
@@ -38,6 +41,8 @@ pub fn config(file: &Gguf) -> Result<DecoderConfig, ModelError> {
             reason: format!("must divide head_count {n_heads}, with a head dim of at least 1"),
         });
     }
+    check_block_count(file, arch, n_layers)?;
+    check_head_lengths(file, arch, head_dim)?;
     let rotary_dim = match file
         .get_integer::<usize>(&format!("{arch}.rope.dimension_count"))
         .optional()?

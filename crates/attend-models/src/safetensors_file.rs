@@ -107,6 +107,11 @@ impl SafetensorsFile {
         &self.path
     }
 
+    /// Returns the names of the tensors in the file.
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.metadata.offset_keys()
+    }
+
     /// Reads the f32 tensor `name`, which must have exactly the shape `expected`.
     ///
     /// # Shapes

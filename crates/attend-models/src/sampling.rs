@@ -40,7 +40,7 @@ pub enum SamplingError {
     InvalidRepeatPenalty(f32),
     #[error("the logits are empty")]
     EmptyLogits,
-    #[error("logit {index} is {value}: logits must be finite or -inf")]
+    #[error("logit {index} is {value}: the model produced a non-finite logit, so the model file may be corrupt (logits must be finite or -inf)")]
     InvalidLogit { index: usize, value: f32 },
     #[error("every logit is -inf, so no token can be sampled")]
     NoCandidates,

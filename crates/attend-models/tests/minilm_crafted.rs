@@ -648,3 +648,53 @@ fn sequence_longer_than_positions_rejected() {
         "{err}"
     );
 }
+
+#[test]
+fn layer_count_off_the_weights_rejected() {
+    // 4e9 layers would allocate terabytes, and u64::MAX overflows a capacity, so
+    // the count must be checked against the weights before anything is allocated.
+    for layers in [
+        "4000000000".to_string(),
+        u64::MAX.to_string(),
+        (LAYERS + 1).to_string(),
+        (LAYERS - 1).to_string(),
+    ] {
+        let dir = write_folder("layer_count", &good_weights(), &tokenizer_json(&[]));
+        let config = config_json("bert").replace(
+            &format!("\"num_hidden_layers\": {LAYERS}"),
+            &format!("\"num_hidden_layers\": {layers}"),
+        );
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        let err = load_error(&dir);
+        assert!(
+            matches!(
+                err,
+                BertError::LayerCount {
+                    layers_in_file: LAYERS,
+                    ..
+                }
+            ),
+            "{layers}: {err}"
+        );
+        assert!(err.to_string().contains("num_hidden_layers"), "{err}");
+        assert!(err.to_string().contains(&layers), "{err}");
+    }
+}
+
+#[test]
+fn nan_embedding_rejected() {
+    let mut tensors = tiny_tensors();
+    tensors
+        .get_mut("embeddings.LayerNorm.weight")
+        .expect("the tiny model has an embedding LayerNorm")
+        .1[0] = f32::NAN;
+    let weights = safetensors_bytes(&tensors, |_| Dtype::F32);
+    let dir = write_folder("nan_embedding", &weights, &tokenizer_json(&[]));
+    let encoder = SentenceEncoder::load(&dir).unwrap();
+    let err = encoder.embed(&["a b", "c"]).unwrap_err();
+    assert!(
+        matches!(err, BertError::NonFiniteEmbedding { index: 0 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("input 0"), "{err}");
+}

@@ -161,6 +161,16 @@ pub enum GgufError {
         offset: usize,
     },
 
+    /// A tensor does not start where the tensors before it end, padded to the
+    /// alignment. Usually a type or dimension in the tensor table was changed.
+    #[error("tensor '{tensor}' data offset {data_offset} (field at byte {offset}) should be {expected}, the padded end of the tensors before it; the tensor table is corrupt (a tensor's type or dimensions were changed), so download or convert the file again")]
+    UnpackedTensor {
+        tensor: String,
+        offset: usize,
+        data_offset: u64,
+        expected: usize,
+    },
+
     /// Tensor data given to the writer has another length than its
     /// dimensions and type need.
     #[error("tensor '{tensor}' data has {found} bytes, expected {expected:?} for its dimensions and type")]

@@ -115,6 +115,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
     let data_len = bytes.len().saturating_sub(data_offset);
     check_tensor_bounds(&tensors, data_len)?;
     check_overlaps(&tensors)?;
+    check_packed(&tensors, alignment)?;
 
     Ok(Header {
         version,
@@ -342,6 +343,28 @@ fn check_overlaps(tensors: &[TensorInfo]) -> Result<(), GgufError> {
         }
         // With no overlap so far, this tensor ends after every earlier one.
         previous = Some(info);
+    }
+    Ok(())
+}
+
+/// Checks that the tensors are packed in table order, as llama.cpp's loader
+/// requires: each starts where the one before it ends, padded to the
+/// alignment. A tensor whose type or dimensions were changed in the table keeps
+/// its old data, so its size no longer matches and the next offset is wrong.
+fn check_packed(tensors: &[TensorInfo], alignment: usize) -> Result<(), GgufError> {
+    let mut expected = 0usize;
+    for info in tensors {
+        if info.offset != expected {
+            return Err(GgufError::UnpackedTensor {
+                tensor: info.name.clone(),
+                offset: info.offset_field_pos,
+                data_offset: info.offset as u64,
+                expected,
+            });
+        }
+        // Bounds were checked, so the end lies in the data section. Padding it
+        // overflows only past `usize::MAX`, where no later tensor can start.
+        expected = align_up(info.offset + info.size_bytes, alignment).unwrap_or(usize::MAX);
     }
     Ok(())
 }

@@ -387,9 +387,8 @@ fn tensor_not_found() {
 fn custom_alignment_moves_data() {
     let mut b = Builder::new(3, 1, 1);
     b.kv_u32("general.alignment", 64);
-    b.tensor("t", &[2], GgmlType::F32.id(), 64);
+    b.tensor("t", &[2], GgmlType::F32.id(), 0);
     let data_start = b.pad_to(64);
-    b.raw(&[0; 64]);
     b.raw(&[1, 2, 3, 4, 5, 6, 7, 8]);
     let gguf = Gguf::from_bytes(b.finish()).unwrap();
     assert_eq!(gguf.alignment(), 64);
@@ -411,7 +410,7 @@ fn scalar_and_zero_sized_tensors() {
         &[
             ("scalar", &[], GgmlType::F32.id(), 0),
             ("empty", &[0, 5], GgmlType::Q4_K.id(), 32),
-            ("empty.huge", &[0, u64::MAX / 8, 3], GgmlType::F32.id(), 0),
+            ("empty.huge", &[0, u64::MAX / 8, 3], GgmlType::F32.id(), 32),
         ],
         36,
     );
@@ -1003,14 +1002,76 @@ fn identical_tensor_ranges_overlap() {
 fn adjacent_tensors_do_not_overlap() {
     let (bytes, _) = file_with_tensors(
         &[
-            ("b", &[8], GgmlType::F32.id(), 32),
             ("a", &[8], GgmlType::F32.id(), 0),
             ("zero", &[0], GgmlType::F32.id(), 32),
+            ("b", &[8], GgmlType::F32.id(), 32),
         ],
         64,
     );
     let gguf = Gguf::from_bytes(bytes).unwrap();
     assert_eq!(gguf.tensors().len(), 3);
+}
+
+#[test]
+fn tensor_after_gap_is_rejected() {
+    // `b` would fit after `a`, but llama.cpp packs tensors with no gap between them.
+    let (bytes, offsets) = file_with_tensors(
+        &[
+            ("a", &[8], GgmlType::F32.id(), 0),
+            ("b", &[8], GgmlType::F32.id(), 64),
+        ],
+        96,
+    );
+    let err = parse_err(bytes);
+    assert!(
+        matches!(&err, GgufError::UnpackedTensor { tensor, data_offset: 64, expected: 32, offset }
+            if tensor == "b" && *offset == offsets[1]),
+        "{err}"
+    );
+}
+
+#[test]
+fn tensors_out_of_table_order_are_rejected() {
+    let (bytes, _) = file_with_tensors(
+        &[
+            ("b", &[8], GgmlType::F32.id(), 32),
+            ("a", &[8], GgmlType::F32.id(), 0),
+        ],
+        64,
+    );
+    let err = parse_err(bytes);
+    assert!(
+        matches!(&err, GgufError::UnpackedTensor { tensor, data_offset: 32, expected: 0, .. }
+            if tensor == "b"),
+        "{err}"
+    );
+}
+
+#[test]
+fn changed_tensor_type_is_rejected() {
+    // Two Q8_0 rows of 32 values are 68 bytes, padded to 96. As Q4_0 they are 36
+    // bytes, padded to 64, so the next tensor no longer starts where it should.
+    let mut writer = GgufWriter::new();
+    writer
+        .add_tensor("w", &[32, 2], GgmlType::Q8_0, &[1; 2 * 34])
+        .unwrap()
+        .add_tensor("norm", &[8], GgmlType::F32, &[0; 32])
+        .unwrap();
+    let mut bytes = writer.to_bytes();
+    // The type field is the 4 bytes before the data offset field.
+    let type_at = Gguf::from_bytes(bytes.clone())
+        .unwrap()
+        .tensor_info("w")
+        .unwrap()
+        .offset_field_pos
+        - 4;
+    bytes[type_at..type_at + 4].copy_from_slice(&GgmlType::Q4_0.id().to_le_bytes());
+    let err = parse_err(bytes);
+    assert!(
+        matches!(&err, GgufError::UnpackedTensor { tensor, data_offset: 96, expected: 64, .. }
+            if tensor == "norm"),
+        "{err}"
+    );
 }
 
 // ---- writer ----
