@@ -1,0 +1,177 @@
+//! Products of quantized weights with a few f32 tokens (decode), row by row.
+//!
+//! Each task takes a range of weight rows, decodes every row block by block into
+//! f32 registers and multiplies it with every token by FMA, so the weights are read
+//! once and never written back to memory as f32. The decoded weights are bit for
+//! bit `dequantize`'s (the same f32 operations in the same order); only the order
+//! of the sum differs from an exact product, so each output is within f32 rounding
+//! of the product of the dequantised weights with `x`.
+//!
+//! The kernels are hand-written because no crate fuses ggml block decoding with an
+//! f32 dot product: `gemm` and the BLAS crates take f32 matrices, which would mean
+//! writing each dequantised row to memory and reading it back, at several times
+//! the cost of the product for one token.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use super::dequant::dequantize;
+use super::kernel::Isa;
+use super::matmul::{QuantMatrix, SharedOut, TASKS_PER_THREAD};
+use crate::GgmlType;
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Most tokens a product goes through this path with. The decoder sends chunks of up
+/// to 16 tokens through its decode path; longer inputs go to f32 GEMM.
+pub(super) const MAX_TOKENS: usize = 16;
+/// Fewest rows per task, so tiny matrices do not spread over more tasks than rows.
+const MIN_TASK_ROWS: usize = 4;
+
+/// Computes `out_i[t, r] = sum_c W_i[r, c] * x[t, c]` in f32 for every product, with
+/// the rows of all of them split over one set of rayon tasks.
+///
+/// # Shapes
+/// `x: [tokens, cols]`; each product's `w: [rows_i, cols]`, `out: [tokens, rows_i]`.
+///
+/// The caller has checked the lengths, that every `w` is of a quantized type with
+/// non-zero rows and columns, that `1 <= tokens <= MAX_TOKENS` and that `isa` is
+/// available.
+pub(super) fn matmul_rows<'w, 'o>(
+    x: &[f32],
+    tokens: usize,
+    products: impl Iterator<Item = (QuantMatrix<'w>, &'o mut [f32])>,
+    isa: Isa,
+) {
+    assert!((1..=MAX_TOKENS).contains(&tokens));
+    let products: Vec<(QuantMatrix, SharedOut)> = products
+        .map(|(w, out)| {
+            assert!(w.ty().is_quantized());
+            assert_eq!(out.len(), tokens * w.rows());
+            assert_eq!(x.len(), tokens * w.cols());
+            (w, SharedOut::new(out))
+        })
+        .collect();
+    let total_rows: usize = products.iter().map(|(w, _)| w.rows()).sum();
+    let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
+    let task_rows = total_rows.div_ceil(target_tasks).max(MIN_TASK_ROWS);
+    let mut tasks: Vec<(&QuantMatrix, &SharedOut, Range<usize>)> = Vec::new();
+    for (w, out) in &products {
+        for r0 in (0..w.rows()).step_by(task_rows) {
+            tasks.push((w, out, r0..(r0 + task_rows).min(w.rows())));
+        }
+    }
+    tasks.into_par_iter().for_each(|(w, out, rows)| {
+        let row_bytes = w.row_bytes();
+        let mut scratch = Vec::new();
+        let mut sums = [0.0f32; MAX_TOKENS];
+        for r in rows {
+            let row = &w.data()[r * row_bytes..(r + 1) * row_bytes];
+            dot_row(isa, w.ty(), row, x, &mut sums[..tokens], &mut scratch);
+            for (t, &sum) in sums[..tokens].iter().enumerate() {
+                // SAFETY: (t, r) lies in this task's rows, which no other task covers,
+                // and inside `out: [tokens, rows]`.
+                unsafe { out.write(t * w.rows() + r, sum) };
+            }
+        }
+    });
+}
+
+/// Runs `$call` with the constant `$T` equal to `$out.len()` (1 to 8) and copies
+/// its `[f32; $T]` result into `$out`.
+macro_rules! dispatch_tokens {
+    ($out:expr, |$T:ident| $call:expr) => {{
+        let out: &mut [f32] = $out;
+        match out.len() {
+            1 => {
+                const $T: usize = 1;
+                out.copy_from_slice(&$call)
+            }
+            2 => {
+                const $T: usize = 2;
+                out.copy_from_slice(&$call)
+            }
+            3 => {
+                const $T: usize = 3;
+                out.copy_from_slice(&$call)
+            }
+            4 => {
+                const $T: usize = 4;
+                out.copy_from_slice(&$call)
+            }
+            5 => {
+                const $T: usize = 5;
+                out.copy_from_slice(&$call)
+            }
+            6 => {
+                const $T: usize = 6;
+                out.copy_from_slice(&$call)
+            }
+            7 => {
+                const $T: usize = 7;
+                out.copy_from_slice(&$call)
+            }
+            8 => {
+                const $T: usize = 8;
+                out.copy_from_slice(&$call)
+            }
+            tokens => unreachable!("a tile of {tokens} tokens"),
+        }
+    }};
+}
+
+/// `out[t] = sum_c W[c] * x[t, c]` for one row of quantized type `ty` and
+/// `out.len()` tokens. `scratch` is the portable kernel's buffer for the
+/// dequantised row.
+///
+/// # Shapes
+/// `row: [ty.bytes_for(cols)]`, `x: [tokens, cols]`, `out: [tokens]`.
+fn dot_row(isa: Isa, ty: GgmlType, row: &[u8], x: &[f32], out: &mut [f32], scratch: &mut Vec<f32>) {
+    let tokens = out.len();
+    let cols = x.len() / tokens;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            for (t0, out) in (0..tokens).step_by(8).zip(out.chunks_mut(8)) {
+                let x = &x[t0 * cols..(t0 + out.len()) * cols];
+                // SAFETY: the caller checked that `Isa::Avx512Vnni` is available,
+                // which covers AVX-512 F and BW, F16C, AVX2 and FMA.
+                dispatch_tokens!(out, |T| unsafe { x86::dot_row_avx512::<T>(ty, row, x) });
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            for (t0, out) in (0..tokens).step_by(4).zip(out.chunks_mut(4)) {
+                let x = &x[t0 * cols..(t0 + out.len()) * cols];
+                // SAFETY: the caller checked that `Isa::Avx2` (AVX2 and FMA) is available.
+                dispatch_tokens!(out, |T| unsafe { x86::dot_row_avx2::<T>(ty, row, x) });
+            }
+        }
+        _ => dot_row_portable(ty, row, x, out, scratch),
+    }
+}
+
+/// The portable kernel: dequantises the row with [`dequantize`] into `scratch`, then
+/// takes its dot product with each token over 8 partial sums.
+fn dot_row_portable(ty: GgmlType, row: &[u8], x: &[f32], out: &mut [f32], scratch: &mut Vec<f32>) {
+    let cols = x.len() / out.len();
+    scratch.resize(cols, 0.0);
+    dequantize(ty, row, scratch).expect("the caller checked the row length");
+    for (x, out) in x.chunks_exact(cols).zip(out.iter_mut()) {
+        let mut partial = [0.0f32; 8];
+        let mut w_chunks = scratch.chunks_exact(8);
+        let mut x_chunks = x.chunks_exact(8);
+        for (w, x) in (&mut w_chunks).zip(&mut x_chunks) {
+            for i in 0..8 {
+                partial[i] += w[i] * x[i];
+            }
+        }
+        let tail: f32 = w_chunks
+            .remainder()
+            .iter()
+            .zip(x_chunks.remainder())
+            .map(|(w, x)| w * x)
+            .sum();
+        *out = partial.iter().sum::<f32>() + tail;
+    }
+}
