@@ -278,26 +278,57 @@ pub(super) fn dot_row_avx2<const T: usize>(ty: GgmlType, row: &[u8], x: &[f32]) 
     dot_row::<Avx2, T>(ty, row, x)
 }
 
-/// Two accumulators per token, which the decoders alternate between so that
-/// consecutive FMAs do not wait on each other.
+/// Four accumulators per token. Each decoder alternates between a pair of them, and
+/// for one or two tokens consecutive blocks use different pairs, so that
+/// consecutive FMAs rarely wait on each other; three or more tokens fold the pairs
+/// together, which keeps `2 * T` accumulators in registers.
 struct Accumulators<'x, V: Vector, const T: usize> {
-    sums: [[V::F; 2]; T],
+    sums: [[V::F; 4]; T],
     /// `[T, cols]`
     x: &'x [f32],
     cols: usize,
 }
 
 impl<V: Vector, const T: usize> Accumulators<'_, V, T> {
-    /// Adds `w * x[t, c..c + LANES]` for every token to accumulator `which` (0 or 1).
+    /// Adds `w * x[t, c..c + LANES]` for every token to accumulator `which` (0 to 3).
     #[inline(always)]
     fn add(&mut self, w: V::F, c: usize, which: usize) {
         assert!(c + V::LANES <= self.cols);
+        let which = if T <= 2 { which } else { which % 2 };
         for (t, sums) in self.sums.iter_mut().enumerate() {
             // SAFETY: `c + LANES <= cols` (asserted above) and `x: [T, cols]`.
             let x = unsafe { V::load(self.x.as_ptr().add(t * self.cols + c)) };
             sums[which] = V::mul_add(w, x, sums[which]);
         }
     }
+
+    #[inline(always)]
+    fn totals(&self) -> [f32; T] {
+        let mut totals = [0.0; T];
+        for (total, &[a, b, c, d]) in totals.iter_mut().zip(&self.sums) {
+            *total = V::sum(V::add(V::add(a, b), V::add(c, d)));
+        }
+        totals
+    }
+}
+
+/// Calls `$decode(block, first_col, &mut acc, pair)` for every block of `$row` in
+/// order, with `pair` 0 for even blocks and 2 for odd ones, as constants. The
+/// 256-weight decoders ignore `pair` and alternate between the pairs inside the block.
+macro_rules! block_pairs {
+    ($row:expr, $decode:ident, $block_bytes:literal, $block_elems:literal, $acc:ident) => {{
+        let mut pairs = $row.chunks_exact(2 * $block_bytes);
+        for (p, blocks) in (&mut pairs).enumerate() {
+            let c = 2 * p * $block_elems;
+            $decode(&blocks[..$block_bytes], c, &mut $acc, 0);
+            $decode(&blocks[$block_bytes..], c + $block_elems, &mut $acc, 2);
+        }
+        let last = pairs.remainder();
+        if !last.is_empty() {
+            let c = ($row.len() / $block_bytes - 1) * $block_elems;
+            $decode(last, c, &mut $acc, 0);
+        }
+    }};
 }
 
 #[inline(always)]
@@ -308,21 +339,22 @@ fn dot_row<V: Vector, const T: usize>(ty: GgmlType, row: &[u8], x: &[f32]) -> [f
     let cols = row.len() / block_bytes * block_elems;
     assert_eq!(x.len(), T * cols);
     let mut acc = Accumulators::<V, T> {
-        sums: [[V::zero(); 2]; T],
+        sums: [[V::zero(); 4]; T],
         x,
         cols,
     };
-    let blocks = row.chunks_exact(block_bytes).enumerate();
+    // The decoders are called directly, not through closures, so that their
+    // intrinsics are inlined under this function's target features.
     match ty {
-        GgmlType::Q4_0 => blocks.for_each(|(b, block)| q4_0::<V, T>(block, 32 * b, &mut acc)),
-        GgmlType::Q4_1 => blocks.for_each(|(b, block)| q4_1::<V, T>(block, 32 * b, &mut acc)),
-        GgmlType::Q5_0 => blocks.for_each(|(b, block)| q5_0::<V, T>(block, 32 * b, &mut acc)),
-        GgmlType::Q8_0 => blocks.for_each(|(b, block)| q8_0::<V, T>(block, 32 * b, &mut acc)),
-        GgmlType::Q4_K => blocks.for_each(|(b, block)| q4_k::<V, T>(block, 256 * b, &mut acc)),
-        GgmlType::Q6_K => blocks.for_each(|(b, block)| q6_k::<V, T>(block, 256 * b, &mut acc)),
+        GgmlType::Q4_0 => block_pairs!(row, q4_0, 18, 32, acc),
+        GgmlType::Q4_1 => block_pairs!(row, q4_1, 20, 32, acc),
+        GgmlType::Q5_0 => block_pairs!(row, q5_0, 22, 32, acc),
+        GgmlType::Q8_0 => block_pairs!(row, q8_0, 34, 32, acc),
+        GgmlType::Q4_K => block_pairs!(row, q4_k, 144, 256, acc),
+        GgmlType::Q6_K => block_pairs!(row, q6_k, 210, 256, acc),
         _ => unreachable!("dot_row is only called for the quantized types"),
     }
-    std::array::from_fn(|t| V::sum(V::add(acc.sums[t][0], acc.sums[t][1])))
+    acc.totals()
 }
 
 /// The codes in the `LANES` bytes of nibbles at `p`: `(low nibbles, high nibbles)`.
@@ -338,7 +370,7 @@ unsafe fn nibbles<V: Vector>(p: *const u8) -> (V::I, V::I) {
 
 /// Q4_0: `y = d * (q - 8)`, low nibbles elements 0..16, high nibbles 16..32.
 #[inline(always)]
-fn q4_0<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V, T>) {
+fn q4_0<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V, T>, pair: usize) {
     assert_eq!(b.len(), 18);
     let d = V::splat(V::f16_at(b, 0));
     let eight = V::splat_i(8);
@@ -346,15 +378,19 @@ fn q4_0<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V
         // SAFETY: the nibbles at 2..18 lie inside the 18 bytes.
         let (low, high) = unsafe { nibbles::<V>(b.as_ptr().add(2 + v * V::LANES)) };
         let c = c0 + v * V::LANES;
-        acc.add(V::mul(d, V::to_f32(V::sub_i(low, eight))), c, 0);
-        acc.add(V::mul(d, V::to_f32(V::sub_i(high, eight))), c + 16, 1);
+        acc.add(V::mul(d, V::to_f32(V::sub_i(low, eight))), c, pair);
+        acc.add(
+            V::mul(d, V::to_f32(V::sub_i(high, eight))),
+            c + 16,
+            pair + 1,
+        );
     }
 }
 
 /// Q4_1: `y = d * q + m`. `d * q` is exact in f32 (an 11-bit f16 significand times a
 /// 4-bit code), so the fused multiply-add rounds the same as the two operations.
 #[inline(always)]
-fn q4_1<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V, T>) {
+fn q4_1<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V, T>, pair: usize) {
     assert_eq!(b.len(), 20);
     let d = V::splat(V::f16_at(b, 0));
     let m = V::splat(V::f16_at(b, 2));
@@ -362,27 +398,28 @@ fn q4_1<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V
         // SAFETY: the nibbles at 4..20 lie inside the 20 bytes.
         let (low, high) = unsafe { nibbles::<V>(b.as_ptr().add(4 + v * V::LANES)) };
         let c = c0 + v * V::LANES;
-        acc.add(V::mul_add(d, V::to_f32(low), m), c, 0);
-        acc.add(V::mul_add(d, V::to_f32(high), m), c + 16, 1);
+        acc.add(V::mul_add(d, V::to_f32(low), m), c, pair);
+        acc.add(V::mul_add(d, V::to_f32(high), m), c + 16, pair + 1);
     }
 }
 
 /// Q5_0: `y = d * (q - 16)`, where bit `i` of the u32 at byte 2 is bit 4 of code `i`.
 #[inline(always)]
-fn q5_0<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V, T>) {
+fn q5_0<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V, T>, pair: usize) {
     assert_eq!(b.len(), 22);
     let d = V::splat(V::f16_at(b, 0));
     let qh = V::splat_i(i32::from_le_bytes([b[2], b[3], b[4], b[5]]));
     let (one, sixteen) = (V::splat_i(1), V::splat_i(16));
-    // Bit 4 of the code of element `i`.
-    let high_bit = |i: usize| V::shl(V::and(V::shr_each(qh, V::iota(i as i32)), one), 4);
     for v in 0..16 / V::LANES {
         // SAFETY: the nibbles at 6..22 lie inside the 22 bytes.
         let (low, high) = unsafe { nibbles::<V>(b.as_ptr().add(6 + v * V::LANES)) };
         let i = v * V::LANES;
-        let q_low = V::or(low, high_bit(i));
-        let q_high = V::or(high, high_bit(i + 16));
-        acc.add(V::mul(d, V::to_f32(V::sub_i(q_low, sixteen))), c0 + i, 0);
+        // Bit 4 of the codes of elements i.. and i + 16...
+        let high_bit_low = V::and(V::shr_each(qh, V::iota(i as i32)), one);
+        let high_bit_high = V::and(V::shr_each(qh, V::iota(i as i32 + 16)), one);
+        let q_low = V::or(low, V::shl(high_bit_low, 4));
+        let q_high = V::or(high, V::shl(high_bit_high, 4));
+        acc.add(V::mul(d, V::to_f32(V::sub_i(q_low, sixteen))), c0 + i, pair);
         acc.add(
             V::mul(d, V::to_f32(V::sub_i(q_high, sixteen))),
             c0 + i + 16,
@@ -393,13 +430,13 @@ fn q5_0<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V
 
 /// Q8_0: `y = d * q` with signed 8-bit codes at bytes 2..34.
 #[inline(always)]
-fn q8_0<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V, T>) {
+fn q8_0<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V, T>, pair: usize) {
     assert_eq!(b.len(), 34);
     let d = V::splat(V::f16_at(b, 0));
     for v in 0..32 / V::LANES {
         // SAFETY: the codes at 2..34 lie inside the 34 bytes.
         let q = unsafe { V::load_i8(b.as_ptr().add(2 + v * V::LANES)) };
-        acc.add(V::mul(d, V::to_f32(q)), c0 + v * V::LANES, v % 2);
+        acc.add(V::mul(d, V::to_f32(q)), c0 + v * V::LANES, pair + v % 2);
     }
 }
 
@@ -407,7 +444,12 @@ fn q8_0<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V
 /// `(d * sc) * q` (21 bits) are exact in f32, so the fused multiply-subtract rounds
 /// the same as ggml's separate operations.
 #[inline(always)]
-fn q4_k<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V, T>) {
+fn q4_k<V: Vector, const T: usize>(
+    b: &[u8],
+    c0: usize,
+    acc: &mut Accumulators<V, T>,
+    _pair: usize,
+) {
     assert_eq!(b.len(), 144);
     let d = V::f16_at(b, 0);
     let dmin = V::f16_at(b, 2);
@@ -423,8 +465,12 @@ fn q4_k<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V
             // SAFETY: bytes qs..qs + 32 lie inside the 144 bytes.
             let (low, high) = unsafe { nibbles::<V>(b.as_ptr().add(qs + v * V::LANES)) };
             let c = c0 + 64 * chunk + v * V::LANES;
-            acc.add(V::mul_sub(d_lo, V::to_f32(low), min_lo), c, 0);
-            acc.add(V::mul_sub(d_hi, V::to_f32(high), min_hi), c + 32, 1);
+            acc.add(V::mul_sub(d_lo, V::to_f32(low), min_lo), c, 2 * (chunk % 2));
+            acc.add(
+                V::mul_sub(d_hi, V::to_f32(high), min_hi),
+                c + 32,
+                2 * (chunk % 2) + 1,
+            );
         }
     }
 }
@@ -433,7 +479,12 @@ fn q4_k<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V
 /// layout is described at `dequantize_q6_k`. `d * sc` is exact in f32, and the
 /// product with `q - 32` rounds once, as in ggml.
 #[inline(always)]
-fn q6_k<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V, T>) {
+fn q6_k<V: Vector, const T: usize>(
+    b: &[u8],
+    c0: usize,
+    acc: &mut Accumulators<V, T>,
+    _pair: usize,
+) {
     assert_eq!(b.len(), 210);
     let d = V::f16_at(b, 208);
     let (low4, low2, thirty_two) = (V::splat_i(0x0F), V::splat_i(0x03), V::splat_i(32));
@@ -455,7 +506,11 @@ fn q6_k<V: Vector, const T: usize>(b: &[u8], c0: usize, acc: &mut Accumulators<V
                 let q = V::sub_i(V::or(low, top), thirty_two);
                 let i = 32 * k + l;
                 let scale = V::splat(d * (b[scales + i / 16] as i8) as f32);
-                acc.add(V::mul(scale, V::to_f32(q)), c0 + 128 * half + i, v % 2);
+                acc.add(
+                    V::mul(scale, V::to_f32(q)),
+                    c0 + 128 * half + i,
+                    2 * (k % 2) + v % 2,
+                );
             }
         }
     }
