@@ -64,15 +64,27 @@ pub(super) fn matmul_rows<'w, 'o>(
     tasks.into_par_iter().for_each(|(w, out, rows)| {
         let row_bytes = w.row_bytes();
         let mut scratch = Vec::new();
-        let mut sums = [0.0f32; MAX_TOKENS];
-        for r in rows {
-            let row = &w.data()[r * row_bytes..(r + 1) * row_bytes];
-            dot_row(isa, w.ty(), row, x, &mut sums[..tokens], &mut scratch);
-            for (t, &sum) in sums[..tokens].iter().enumerate() {
-                // SAFETY: (t, r) lies in this task's rows, which no other task covers,
-                // and inside `out: [tokens, rows]`.
-                unsafe { out.write(t * w.rows() + r, sum) };
+        // One token takes the simple 32-weight formats two rows at a time, which
+        // share their loads of `x`: 1.0-1.2x faster on Zen 4 (an ad-hoc timing of
+        // 1536x576 and 576x1536 matrices). Q5_0 and the K formats, whose decoding
+        // takes more registers, were 0.9-1.0x, so they go one row at a time.
+        let simple = matches!(w.ty(), GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
+        let pair_rows = tokens == 1 && simple;
+        let mut sums = [0.0f32; 2 * MAX_TOKENS];
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let count = if pair_rows { 2.min(rows.end - r0) } else { 1 };
+            let group = &w.data()[r0 * row_bytes..(r0 + count) * row_bytes];
+            let sums = &mut sums[..count * tokens];
+            dot_rows(isa, w.ty(), group, count, x, sums, &mut scratch);
+            for (r, row_sums) in (r0..).zip(sums.chunks_exact(tokens)) {
+                for (t, &sum) in row_sums.iter().enumerate() {
+                    // SAFETY: (t, r) lies in this task's rows, which no other task
+                    // covers, and inside `out: [tokens, rows]`.
+                    unsafe { out.write(t * w.rows() + r, sum) };
+                }
             }
+            r0 += count;
         }
     });
 }
@@ -120,34 +132,68 @@ macro_rules! dispatch_tokens {
     }};
 }
 
-/// `out[t] = sum_c W[c] * x[t, c]` for one row of quantized type `ty` and
-/// `out.len()` tokens. `scratch` is the portable kernel's buffer for the
-/// dequantised row.
+/// `out[r, t] = sum_c W[r, c] * x[t, c]` for `count` consecutive rows of quantized
+/// type `ty`: one, or two with one token. `scratch` is the portable kernel's buffer
+/// for the dequantised row.
 ///
 /// # Shapes
-/// `row: [ty.bytes_for(cols)]`, `x: [tokens, cols]`, `out: [tokens]`.
-fn dot_row(isa: Isa, ty: GgmlType, row: &[u8], x: &[f32], out: &mut [f32], scratch: &mut Vec<f32>) {
-    let tokens = out.len();
+/// `rows: [count * ty.bytes_for(cols)]`, `x: [tokens, cols]`, `out: [count, tokens]`.
+fn dot_rows(
+    isa: Isa,
+    ty: GgmlType,
+    rows: &[u8],
+    count: usize,
+    x: &[f32],
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let tokens = out.len() / count;
     let cols = x.len() / tokens;
+    let row_bytes = rows.len() / count;
+    let each_row = rows
+        .chunks_exact(row_bytes)
+        .zip(out.chunks_exact_mut(tokens));
     match isa {
+        // SAFETY (all four x86 arms): the caller checked that `isa` is available;
+        // `Isa::Avx512Vnni` covers AVX-512 F and BW, F16C, AVX2 and FMA, and
+        // `Isa::Avx2` covers AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if count == 2 => {
+            let [[first], [second]] = unsafe { x86::dot_rows_avx512::<2, 1>(ty, rows, x) };
+            out.copy_from_slice(&[first, second]);
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if count == 2 => {
+            let [[first], [second]] = unsafe { x86::dot_rows_avx2::<2, 1>(ty, rows, x) };
+            out.copy_from_slice(&[first, second]);
+        }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
-            for (t0, out) in (0..tokens).step_by(8).zip(out.chunks_mut(8)) {
-                let x = &x[t0 * cols..(t0 + out.len()) * cols];
-                // SAFETY: the caller checked that `Isa::Avx512Vnni` is available,
-                // which covers AVX-512 F and BW, F16C, AVX2 and FMA.
-                dispatch_tokens!(out, |T| unsafe { x86::dot_row_avx512::<T>(ty, row, x) });
+            for (row, out) in each_row {
+                for (t0, out) in (0..tokens).step_by(8).zip(out.chunks_mut(8)) {
+                    let x = &x[t0 * cols..(t0 + out.len()) * cols];
+                    dispatch_tokens!(out, |T| unsafe {
+                        x86::dot_rows_avx512::<1, T>(ty, row, x)[0]
+                    });
+                }
             }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            for (t0, out) in (0..tokens).step_by(4).zip(out.chunks_mut(4)) {
-                let x = &x[t0 * cols..(t0 + out.len()) * cols];
-                // SAFETY: the caller checked that `Isa::Avx2` (AVX2 and FMA) is available.
-                dispatch_tokens!(out, |T| unsafe { x86::dot_row_avx2::<T>(ty, row, x) });
+            for (row, out) in each_row {
+                for (t0, out) in (0..tokens).step_by(4).zip(out.chunks_mut(4)) {
+                    let x = &x[t0 * cols..(t0 + out.len()) * cols];
+                    dispatch_tokens!(out, |T| unsafe {
+                        x86::dot_rows_avx2::<1, T>(ty, row, x)[0]
+                    });
+                }
             }
         }
-        _ => dot_row_portable(ty, row, x, out, scratch),
+        _ => {
+            for (row, out) in each_row {
+                dot_row_portable(ty, row, x, out, scratch);
+            }
+        }
     }
 }
 
@@ -173,5 +219,58 @@ fn dot_row_portable(ty: GgmlType, row: &[u8], x: &[f32], out: &mut [f32], scratc
             .map(|(w, x)| w * x)
             .sum();
         *out = partial.iter().sum::<f32>() + tail;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_pairs_match_single_rows_bitwise() {
+        let cols = 96;
+        let x: Vec<f32> = (0..cols).map(|c| (c as f32 * 0.37).sin()).collect();
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q6_K,
+        ] {
+            let cols = cols.max(ty.block_elems());
+            let x = &x.iter().cycle().take(cols).copied().collect::<Vec<_>>()[..];
+            let row_bytes = ty.bytes_for(cols).unwrap();
+            // A fixed byte pattern whose f16 scales have their high byte masked with
+            // 0x3B, which keeps them finite, so no NaN hides a difference.
+            let mut rows: Vec<u8> = (0..2 * row_bytes).map(|i| (i * 37 % 251) as u8).collect();
+            for block in rows.chunks_exact_mut(ty.block_bytes()) {
+                let at: &[usize] = match ty {
+                    GgmlType::Q4_1 => &[0, 2],
+                    GgmlType::Q6_K => &[208],
+                    _ => &[0],
+                };
+                for &a in at {
+                    block[a + 1] &= 0x3B;
+                }
+            }
+            for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni] {
+                if !isa.is_available() {
+                    continue;
+                }
+                let mut scratch = Vec::new();
+                let mut pair = [0.0f32; 2];
+                dot_rows(isa, ty, &rows, 2, x, &mut pair, &mut scratch);
+                for (r, &paired) in pair.iter().enumerate() {
+                    let mut single = [0.0f32];
+                    let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                    dot_rows(isa, ty, row, 1, x, &mut single, &mut scratch);
+                    assert_eq!(
+                        paired.to_bits(),
+                        single[0].to_bits(),
+                        "{ty} {isa:?} row {r}: {paired} in a pair, {} alone",
+                        single[0]
+                    );
+                }
+            }
+        }
     }
 }

@@ -259,23 +259,32 @@ impl Vector for Avx2 {
     }
 }
 
-/// `out[t] = sum_c W[c] * x[t, c]` for one row of type `ty` and `T` tokens.
+/// `out[r][t] = sum_c W[r, c] * x[t, c]` for `R` consecutive rows of type `ty` and
+/// `T` tokens. The rows share each load of `x`; a row's result does not depend on `R`.
 ///
 /// # Shapes
-/// `row: [ty.bytes_for(cols)]`, `x: [T, cols]`.
+/// `rows: [R * ty.bytes_for(cols)]`, `x: [T, cols]`.
 ///
 /// The caller has checked that the CPU supports AVX-512 F and BW and F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-pub(super) fn dot_row_avx512<const T: usize>(ty: GgmlType, row: &[u8], x: &[f32]) -> [f32; T] {
-    dot_row::<Avx512, T>(ty, row, x)
+pub(super) fn dot_rows_avx512<const R: usize, const T: usize>(
+    ty: GgmlType,
+    rows: &[u8],
+    x: &[f32],
+) -> [[f32; T]; R] {
+    dot_rows::<Avx512, R, T>(ty, rows, x)
 }
 
-/// As [`dot_row_avx512`], with 256-bit registers.
+/// As [`dot_rows_avx512`], with 256-bit registers.
 ///
 /// The caller has checked that the CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn dot_row_avx2<const T: usize>(ty: GgmlType, row: &[u8], x: &[f32]) -> [f32; T] {
-    dot_row::<Avx2, T>(ty, row, x)
+pub(super) fn dot_rows_avx2<const R: usize, const T: usize>(
+    ty: GgmlType,
+    rows: &[u8],
+    x: &[f32],
+) -> [[f32; T]; R] {
+    dot_rows::<Avx2, R, T>(ty, rows, x)
 }
 
 /// Four accumulators per token. Each decoder alternates between a pair of them, and
@@ -288,6 +297,14 @@ struct Accumulators<'x, V: Vector, const T: usize> {
     x: &'x [f32],
     cols: usize,
 }
+
+// Derived, these would require `V: Copy`.
+impl<V: Vector, const T: usize> Clone for Accumulators<'_, V, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V: Vector, const T: usize> Copy for Accumulators<'_, V, T> {}
 
 impl<V: Vector, const T: usize> Accumulators<'_, V, T> {
     /// Adds `w * x[t, c..c + LANES]` for every token to accumulator `which` (0 to 3).
@@ -312,49 +329,69 @@ impl<V: Vector, const T: usize> Accumulators<'_, V, T> {
     }
 }
 
-/// Calls `$decode(block, first_col, &mut acc, pair)` for every block of `$row` in
-/// order, with `pair` 0 for even blocks and 2 for odd ones, as constants. The
-/// 256-weight decoders ignore `pair` and alternate between the pairs inside the block.
+/// Calls `$decode(block, first_col, &mut acc[r], pair)` for every block of every row
+/// `r` of `$rows` (`$row_bytes` each), block by block, with `pair` 0 for even blocks
+/// and 2 for odd ones, as constants. The 256-weight decoders ignore `pair` and
+/// alternate between the pairs inside the block.
 macro_rules! block_pairs {
-    ($row:expr, $decode:ident, $block_bytes:literal, $block_elems:literal, $acc:ident) => {{
-        let mut pairs = $row.chunks_exact(2 * $block_bytes);
-        for (p, blocks) in (&mut pairs).enumerate() {
+    ($rows:expr, $row_bytes:expr, $decode:ident, $block_bytes:literal, $block_elems:literal, $acc:ident) => {{
+        let (rows, row_bytes): (&[u8], usize) = ($rows, $row_bytes);
+        let blocks = row_bytes / $block_bytes;
+        for p in 0..blocks / 2 {
             let c = 2 * p * $block_elems;
-            $decode(&blocks[..$block_bytes], c, &mut $acc, 0);
-            $decode(&blocks[$block_bytes..], c + $block_elems, &mut $acc, 2);
+            for (r, acc) in $acc.iter_mut().enumerate() {
+                let at = r * row_bytes + 2 * p * $block_bytes;
+                $decode(&rows[at..at + $block_bytes], c, acc, 0);
+            }
+            for (r, acc) in $acc.iter_mut().enumerate() {
+                let at = r * row_bytes + (2 * p + 1) * $block_bytes;
+                $decode(&rows[at..at + $block_bytes], c + $block_elems, acc, 2);
+            }
         }
-        let last = pairs.remainder();
-        if !last.is_empty() {
-            let c = ($row.len() / $block_bytes - 1) * $block_elems;
-            $decode(last, c, &mut $acc, 0);
+        if blocks % 2 == 1 {
+            let c = (blocks - 1) * $block_elems;
+            for (r, acc) in $acc.iter_mut().enumerate() {
+                let at = (r + 1) * row_bytes - $block_bytes;
+                $decode(&rows[at..at + $block_bytes], c, acc, 0);
+            }
         }
     }};
 }
 
 #[inline(always)]
-fn dot_row<V: Vector, const T: usize>(ty: GgmlType, row: &[u8], x: &[f32]) -> [f32; T] {
+fn dot_rows<V: Vector, const R: usize, const T: usize>(
+    ty: GgmlType,
+    rows: &[u8],
+    x: &[f32],
+) -> [[f32; T]; R] {
     let block_bytes = ty.block_bytes();
     let block_elems = ty.block_elems();
-    assert!(row.len().is_multiple_of(block_bytes));
-    let cols = row.len() / block_bytes * block_elems;
+    assert!(R >= 1 && rows.len().is_multiple_of(R * block_bytes));
+    let row_bytes = rows.len() / R;
+    let cols = row_bytes / block_bytes * block_elems;
     assert_eq!(x.len(), T * cols);
-    let mut acc = Accumulators::<V, T> {
+    let zero = Accumulators {
         sums: [[V::zero(); 4]; T],
         x,
         cols,
     };
+    let mut acc: [Accumulators<V, T>; R] = [zero; R];
     // The decoders are called directly, not through closures, so that their
     // intrinsics are inlined under this function's target features.
     match ty {
-        GgmlType::Q4_0 => block_pairs!(row, q4_0, 18, 32, acc),
-        GgmlType::Q4_1 => block_pairs!(row, q4_1, 20, 32, acc),
-        GgmlType::Q5_0 => block_pairs!(row, q5_0, 22, 32, acc),
-        GgmlType::Q8_0 => block_pairs!(row, q8_0, 34, 32, acc),
-        GgmlType::Q4_K => block_pairs!(row, q4_k, 144, 256, acc),
-        GgmlType::Q6_K => block_pairs!(row, q6_k, 210, 256, acc),
-        _ => unreachable!("dot_row is only called for the quantized types"),
+        GgmlType::Q4_0 => block_pairs!(rows, row_bytes, q4_0, 18, 32, acc),
+        GgmlType::Q4_1 => block_pairs!(rows, row_bytes, q4_1, 20, 32, acc),
+        GgmlType::Q5_0 => block_pairs!(rows, row_bytes, q5_0, 22, 32, acc),
+        GgmlType::Q8_0 => block_pairs!(rows, row_bytes, q8_0, 34, 32, acc),
+        GgmlType::Q4_K => block_pairs!(rows, row_bytes, q4_k, 144, 256, acc),
+        GgmlType::Q6_K => block_pairs!(rows, row_bytes, q6_k, 210, 256, acc),
+        _ => unreachable!("dot_rows is only called for the quantized types"),
     }
-    acc.totals()
+    let mut totals = [[0.0; T]; R];
+    for (totals, acc) in totals.iter_mut().zip(&acc) {
+        *totals = acc.totals();
+    }
+    totals
 }
 
 /// The codes in the `LANES` bytes of nibbles at `p`: `(low nibbles, high nibbles)`.
