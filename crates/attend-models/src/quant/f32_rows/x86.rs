@@ -2,7 +2,7 @@
 //!
 //! Each format's decoder turns `V::LANES` weights at a time into an f32 vector with
 //! the operations of `dequantize` in the same order, so every weight is bit for bit
-//! the dequantised one; the decoder is written once over the [`Vector`] trait and
+//! the dequantised one. The decoders are written once over the [`Vector`] trait and
 //! instantiated for 512-bit and 256-bit registers.
 
 use crate::quant::dequant::{f16_at, q4_k_scale_min};
@@ -18,7 +18,7 @@ trait Vector {
     type I: Copy;
 
     fn zero() -> Self::F;
-    /// The little-endian f16 at `bytes[at..at + 2]` as f32.
+    /// Reads the little-endian f16 at `bytes[at..at + 2]` as f32.
     fn f16_at(bytes: &[u8], at: usize) -> f32;
     fn splat(value: f32) -> Self::F;
     fn splat_i(value: i32) -> Self::I;
@@ -289,7 +289,7 @@ pub(super) fn dot_rows_avx2<const R: usize, const T: usize>(
 
 /// Four accumulators per token. Each decoder alternates between a pair of them, and
 /// for one or two tokens consecutive blocks use different pairs, so that
-/// consecutive FMAs rarely wait on each other; three or more tokens fold the pairs
+/// consecutive FMAs rarely wait on each other. Three or more tokens fold the pairs
 /// together, which keeps `2 * T` accumulators in registers.
 struct Accumulators<'x, V: Vector, const T: usize> {
     sums: [[V::F; 4]; T],
@@ -307,15 +307,15 @@ impl<V: Vector, const T: usize> Clone for Accumulators<'_, V, T> {
 impl<V: Vector, const T: usize> Copy for Accumulators<'_, V, T> {}
 
 impl<V: Vector, const T: usize> Accumulators<'_, V, T> {
-    /// Adds `w * x[t, c..c + LANES]` for every token to accumulator `which` (0 to 3).
+    /// Adds `w * x[t, c..c + LANES]` for every token to accumulator `acc_idx` (0 to 3).
     #[inline(always)]
-    fn add(&mut self, w: V::F, c: usize, which: usize) {
+    fn add(&mut self, w: V::F, c: usize, acc_idx: usize) {
         assert!(c + V::LANES <= self.cols);
-        let which = if T <= 2 { which } else { which % 2 };
+        let acc_idx = if T <= 2 { acc_idx } else { acc_idx % 2 };
         for (t, sums) in self.sums.iter_mut().enumerate() {
             // SAFETY: `c + LANES <= cols` (asserted above) and `x: [T, cols]`.
             let x = unsafe { V::load(self.x.as_ptr().add(t * self.cols + c)) };
-            sums[which] = V::mul_add(w, x, sums[which]);
+            sums[acc_idx] = V::mul_add(w, x, sums[acc_idx]);
         }
     }
 
@@ -366,7 +366,8 @@ fn dot_rows<V: Vector, const R: usize, const T: usize>(
 ) -> [[f32; T]; R] {
     let block_bytes = ty.block_bytes();
     let block_elems = ty.block_elems();
-    assert!(R >= 1 && rows.len().is_multiple_of(R * block_bytes));
+    assert!(R >= 1);
+    assert!(rows.len().is_multiple_of(R * block_bytes));
     let row_bytes = rows.len() / R;
     let cols = row_bytes / block_bytes * block_elems;
     assert_eq!(x.len(), T * cols);
@@ -394,7 +395,7 @@ fn dot_rows<V: Vector, const R: usize, const T: usize>(
     totals
 }
 
-/// The codes in the `LANES` bytes of nibbles at `p`: `(low nibbles, high nibbles)`.
+/// Splits the `LANES` bytes at `p` into codes: `(low nibbles, high nibbles)`.
 ///
 /// # Safety
 /// `p..p + LANES` is readable.
