@@ -16,7 +16,7 @@
 mod x86;
 
 use super::dequant::dequantize;
-use super::kernel::Isa;
+use super::kernel::{prefetch, Isa};
 use super::matmul::{QuantMatrix, SharedOut, TASKS_PER_THREAD};
 use crate::GgmlType;
 use rayon::prelude::*;
@@ -27,6 +27,10 @@ use std::ops::Range;
 /// 2 threads, GEMM on 17 tokens took 1.0x (Q4_K) to 1.8x (Q5_0) the time of this
 /// path on 16 (an ad-hoc timing of 1536x576 and 576x1536 matrices).
 pub(super) const MAX_TOKENS: usize = 16;
+/// Rows ahead of the current ones whose bytes are prefetched, so that weights
+/// streamed from memory arrive in time. On Zen 4, 8 rows made Gemma 3 decode 1.5x
+/// faster (its output projection does not fit in cache), and 16 were no better.
+const PREFETCH_ROWS_AHEAD: usize = 8;
 /// Minimum rows per task, so that small matrices do not spread over many tiny tasks.
 const MIN_TASK_ROWS: usize = 4;
 
@@ -76,6 +80,9 @@ pub(super) fn matmul_rows<'w, 'o>(
         let mut r0 = rows.start;
         while r0 < rows.end {
             let count = if pair_rows { 2.min(rows.end - r0) } else { 1 };
+            let ahead = (r0 + PREFETCH_ROWS_AHEAD).min(w.rows());
+            let ahead_end = (ahead + count).min(w.rows());
+            prefetch(&w.data()[ahead * row_bytes..ahead_end * row_bytes]);
             let group = &w.data()[r0 * row_bytes..(r0 + count) * row_bytes];
             let sums = &mut sums[..count * tokens];
             dot_rows(isa, w.ty(), group, count, x, sums, &mut scratch);
