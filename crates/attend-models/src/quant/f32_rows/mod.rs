@@ -8,9 +8,9 @@
 //! of the product of the dequantised weights with `x`.
 //!
 //! The kernels are hand-written because no crate fuses ggml block decoding with an
-//! f32 dot product: `gemm` and the BLAS crates take f32 matrices, which would mean
-//! writing each dequantised row to memory and reading it back, at several times
-//! the cost of the product for one token.
+//! f32 dot product. `gemm` and the BLAS crates take f32 matrices, so each
+//! dequantised row would be written to memory and read back, which for one token
+//! adds a store and a load to every weight of a product bound by reading weights.
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
