@@ -100,6 +100,7 @@ pub(super) fn matmul_rows<'w, 'o>(
 
 /// Runs `$call` with the constant `$T` equal to `$out.len()` (1 to 8) and copies
 /// its `[f32; $T]` result into `$out`.
+#[cfg(target_arch = "x86_64")]
 macro_rules! dispatch_tokens {
     ($out:expr, |$T:ident| $call:expr) => {{
         let out: &mut [f32] = $out;
@@ -147,6 +148,7 @@ macro_rules! dispatch_tokens {
 ///
 /// # Shapes
 /// `rows: [count * ty.bytes_for(cols)]`, `x: [tokens, cols]`, `out: [count, tokens]`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn dot_rows(
     isa: Isa,
     ty: GgmlType,
