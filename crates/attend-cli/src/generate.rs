@@ -27,7 +27,7 @@ pub struct ModelArgs {
     #[arg(long, default_value = "f16")]
     pub kv_dtype: KvDtype,
     /// Activations of the quantized products: q8 (8-bit, fast, as llama.cpp) or f32
-    /// (dequantised weights with f32 GEMM: slower, closer to an f32 reference).
+    /// (dequantised weights, f32 products: slower, closer to an f32 reference).
     #[arg(long, default_value = "q8")]
     pub activations: Activations,
     /// Worker threads (default: one per core).

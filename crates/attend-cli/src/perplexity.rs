@@ -22,7 +22,7 @@ pub struct PerplexityArgs {
     #[arg(long, default_value_t = 512, allow_negative_numbers = true)]
     pub ctx: usize,
     /// Activations of the quantized products: q8 (8-bit, fast, as llama.cpp) or f32
-    /// (dequantised weights with f32 GEMM: slower, closer to an f32 reference).
+    /// (dequantised weights, f32 products: slower, closer to an f32 reference).
     #[arg(long, default_value = "q8")]
     pub activations: Activations,
     /// Worker threads (default: one per core).

@@ -3,8 +3,8 @@
 mod quant_support;
 
 use attend_models::quant::{
-    matmul, matmul_many, matmul_many_with, matmul_prequantized, matmul_with, matmul_with_isa,
-    Activations, Isa, Product, QuantError, QuantMatrix, QuantizedActivations,
+    matmul, matmul_f32_with_isa, matmul_many, matmul_many_with, matmul_prequantized, matmul_with,
+    matmul_with_isa, Activations, Isa, Product, QuantError, QuantMatrix, QuantizedActivations,
 };
 use attend_models::GgmlType;
 use proptest::prelude::*;
@@ -352,8 +352,8 @@ fn float_weights_over_several_panels() {
 fn f32_activations_within_f32_rounding() {
     // With Activations::F32 the only error left is f32 rounding against the
     // dequantised weights, for every type: at most cols * eps * sum |w x|, far below
-    // the 8-bit activation bound. 130 rows span three 64-row panels; one token takes
-    // the same panel path as five.
+    // the 8-bit activation bound. One and five tokens take the row-by-row path, 17
+    // the f32 GEMM path, whose 130 rows span three 64-row panels.
     let rows = 130;
     let mut rng = StdRng::seed_from_u64(41);
     for ty in QUANTIZED.into_iter().chain(FLOAT) {
@@ -361,7 +361,7 @@ fn f32_activations_within_f32_rounding() {
             let bytes = random_weights(ty, rows, cols, &mut rng);
             let w = QuantMatrix::new(ty, &bytes, rows, cols).unwrap();
             let w_f32 = dequantize_all(ty, &bytes, rows, cols);
-            for tokens in [1, 5] {
+            for tokens in [1, 5, 17] {
                 let x = random_activations(tokens, cols, &mut rng);
                 let mut out = vec![f32::NAN; tokens * rows];
                 matmul_with(&w, &x, tokens, &mut out, Activations::F32).unwrap();
@@ -377,6 +377,129 @@ fn f32_activations_within_f32_rounding() {
                 assert_eq!(out, many, "{label}");
                 assert_within_f32_rounding(&label, &w_f32, &x, &out, rows, cols);
             }
+        }
+    }
+}
+
+/// Runs the f32-activation product with `isa` and checks it against the f64 product
+/// of the dequantised weights.
+fn check_f32_rows(ty: GgmlType, rows: usize, cols: usize, tokens: usize, isa: Isa, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let bytes = random_weights(ty, rows, cols, &mut rng);
+    let w = QuantMatrix::new(ty, &bytes, rows, cols).unwrap();
+    let x = random_activations(tokens, cols, &mut rng);
+    let mut out = vec![f32::NAN; tokens * rows];
+    matmul_f32_with_isa(&w, &x, tokens, &mut out, isa).unwrap();
+    let w_f32 = dequantize_all(ty, &bytes, rows, cols);
+    let label = format!("{ty} {isa:?} [{rows}x{cols}] tokens {tokens}");
+    assert_within_f32_rounding(&label, &w_f32, &x, &out, rows, cols);
+}
+
+#[test]
+fn f32_rows_every_type_and_isa() {
+    // Token counts around the AVX2 (4) and AVX-512 (8) token tiles up to the
+    // path's limit of 16; row counts odd and off the task size.
+    for (i, ty) in QUANTIZED.into_iter().enumerate() {
+        for isa in available_isas() {
+            for rows in [1, 3, 7, 33] {
+                for cols in col_cases(ty) {
+                    for tokens in [1, 2, 4, 5, 8, 9, 16] {
+                        let seed = (i * 100_000 + rows * 1000 + cols + tokens) as u64;
+                        check_f32_rows(ty, rows, cols, tokens, isa, seed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_rows_decode_weights_exactly() {
+    // With one-hot tokens each output is one dequantised weight times 1 plus zeros,
+    // so a kernel that decodes any weight differently from `dequantize` fails here
+    // even where the rounding bound would hide it.
+    let (rows, tokens) = (5, 16);
+    let mut rng = StdRng::seed_from_u64(43);
+    for ty in QUANTIZED {
+        let cols = 2 * ty.block_elems().max(256);
+        let bytes = random_weights(ty, rows, cols, &mut rng);
+        let w = QuantMatrix::new(ty, &bytes, rows, cols).unwrap();
+        let w_f32 = dequantize_all(ty, &bytes, rows, cols);
+        for isa in available_isas() {
+            for c0 in (0..cols).step_by(tokens) {
+                // Token t picks column c0 + t.
+                let mut x = vec![0.0f32; tokens * cols];
+                for t in 0..tokens {
+                    x[t * cols + c0 + t] = 1.0;
+                }
+                let mut out = vec![f32::NAN; tokens * rows];
+                matmul_f32_with_isa(&w, &x, tokens, &mut out, isa).unwrap();
+                for t in 0..tokens {
+                    for r in 0..rows {
+                        let (got, want) = (out[t * rows + r], w_f32[r * cols + c0 + t]);
+                        assert_eq!(got, want, "{ty} {isa:?} W[{r}, {}]", c0 + t);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_rows_non_finite_activations() {
+    let mut rng = StdRng::seed_from_u64(44);
+    let (rows, cols, tokens) = (6, 256, 3);
+    for ty in QUANTIZED {
+        let bytes = random_weights(ty, rows, cols, &mut rng);
+        let w = QuantMatrix::new(ty, &bytes, rows, cols).unwrap();
+        for isa in available_isas() {
+            let mut x = random_activations(tokens, cols, &mut rng);
+            x[cols + 9] = f32::NAN;
+            let mut out = vec![0.0; tokens * rows];
+            matmul_f32_with_isa(&w, &x, tokens, &mut out, isa).unwrap();
+            for r in 0..rows {
+                assert!(out[r].is_finite(), "{ty} {isa:?} out[0, {r}]");
+                assert!(out[rows + r].is_nan(), "{ty} {isa:?} out[1, {r}]");
+                assert!(out[2 * rows + r].is_finite(), "{ty} {isa:?} out[2, {r}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_rows_reject_unavailable_isa() {
+    let mut rng = StdRng::seed_from_u64(45);
+    let bytes = random_weights(GgmlType::Q8_0, 2, 32, &mut rng);
+    let w = QuantMatrix::new(GgmlType::Q8_0, &bytes, 2, 32).unwrap();
+    let x = random_activations(1, 32, &mut rng);
+    for isa in [Isa::Avx2, Isa::Avx512Vnni, Isa::Neon] {
+        let mut out = vec![0.0; 2];
+        let result = matmul_f32_with_isa(&w, &x, 1, &mut out, isa);
+        if isa.is_available() {
+            assert!(result.is_ok(), "{isa:?}: {result:?}");
+        } else {
+            assert!(
+                matches!(result, Err(QuantError::IsaUnavailable { .. })),
+                "{isa:?}: {result:?}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn f32_rows_random_shapes(
+        ty in prop::sample::select(QUANTIZED.to_vec()),
+        rows in 1usize..40,
+        blocks in 1usize..8,
+        tokens in 1usize..=16,
+        seed in any::<u64>(),
+    ) {
+        let cols = blocks * ty.block_elems();
+        for isa in available_isas() {
+            check_f32_rows(ty, rows, cols, tokens, isa, seed);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Products with f32 activations through the `gemm` crate: for float weights (F32,
 //! F16, BF16) always, and for quantized weights when the caller asks for
-//! [`Activations::F32`](super::Activations::F32).
+//! [`Activations::F32`](super::Activations::F32) with more than 16 tokens (fewer
+//! go through `f32_rows`).
 
 use super::dequant::dequantize;
 use super::matmul::{QuantMatrix, SharedOut};

@@ -2,6 +2,7 @@
 
 use super::activations::QuantizedActivations;
 use super::dequant::{check_row_bytes, dequantize};
+use super::f32_rows::{self, matmul_rows};
 use super::float::matmul_float;
 use super::kernel::{
     dot_rows, dot_tile, has_row_kernel, interleave_rows, prefetch, unpack_rows, Isa, Tile,
@@ -20,7 +21,7 @@ const TOKEN_CHUNK: usize = 256;
 /// Rows ahead of the current tile whose bytes are prefetched.
 const PREFETCH_ROWS_AHEAD: usize = 2 * MAX_TILE_ROWS;
 /// Tasks per rayon thread, so uneven tasks still balance.
-const TASKS_PER_THREAD: usize = 8;
+pub(super) const TASKS_PER_THREAD: usize = 8;
 
 /// How a product with quantized weights treats its f32 activations.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -29,10 +30,11 @@ pub enum Activations {
     /// does ([`QuantizedActivations`]); the fast path.
     #[default]
     Q8,
-    /// Kept in f32: the weights are dequantised a panel of rows at a time and
-    /// multiplied with f32 GEMM, so the product differs from the exact product of
-    /// the dequantised weights by f32 rounding only. About 2x slower for prefill;
-    /// for checks against an f32 reference and for text where near ties matter.
+    /// Kept in f32, so the product differs from the exact product of the
+    /// dequantised weights by f32 rounding only. Up to 16 tokens, each weight row
+    /// is decoded in registers and multiplied with every token; longer inputs
+    /// dequantise a panel of rows at a time for f32 GEMM. Slower than `Q8`; for
+    /// checks against an f32 reference and for text where near ties matter.
     F32,
 }
 
@@ -333,8 +335,49 @@ pub fn matmul_many_with(
     products: &mut [Product<'_, '_>],
     activations: Activations,
 ) -> Result<(), QuantError> {
-    let isa = Isa::detect();
+    matmul_many_with_isa(x, tokens, products, activations, Isa::detect())
+}
+
+/// Computes `out = x W^T` as [`matmul_with`] does with [`Activations::F32`], with
+/// the kernel chosen by the caller; tests use it to run the portable kernel on any
+/// CPU. `isa` selects the kernel for quantized weights and at most 16 tokens
+/// ([`Isa::Avx512Vnni`] its AVX-512 F variant, [`Isa::Neon`] the portable one) and
+/// is ignored otherwise.
+///
+/// # Shapes
+/// As for [`matmul`].
+///
+/// # Errors
+/// As for [`matmul`], and [`QuantError::IsaUnavailable`] when this CPU
+/// lacks `isa`.
+pub fn matmul_f32_with_isa(
+    w: &QuantMatrix,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+    isa: Isa,
+) -> Result<(), QuantError> {
+    if !isa.is_available() {
+        return Err(QuantError::IsaUnavailable { isa });
+    }
+    let products = &mut [Product { w: *w, out }];
+    matmul_many_with_isa(x, tokens, products, Activations::F32, isa)
+}
+
+/// [`matmul_many_with`] with the kernels of `isa`, which the caller has checked
+/// is available.
+fn matmul_many_with_isa(
+    x: &[f32],
+    tokens: usize,
+    products: &mut [Product<'_, '_>],
+    activations: Activations,
+    isa: Isa,
+) -> Result<(), QuantError> {
     let integer = |w: &QuantMatrix| w.ty.is_quantized() && activations == Activations::Q8;
+    // Quantized weights with f32 activations and few tokens: decoded row by row.
+    let f32_rows = |w: &QuantMatrix| {
+        w.ty.is_quantized() && activations == Activations::F32 && tokens <= f32_rows::MAX_TOKENS
+    };
     // Quantised activations for each block size in use, at most two (32, 256).
     let mut acts: Vec<QuantizedActivations> = Vec::new();
     for p in products.iter_mut() {
@@ -348,6 +391,9 @@ pub fn matmul_many_with(
             p.out.fill(0.0);
             continue;
         }
+        if f32_rows(&p.w) {
+            continue;
+        }
         if !integer(&p.w) {
             matmul_float(&p.w, x, tokens, p.out);
             continue;
@@ -357,10 +403,19 @@ pub fn matmul_many_with(
             acts.push(quantize_for(x, tokens, cols, p.w.ty, isa)?);
         }
     }
+    let nonempty = |w: &QuantMatrix| tokens > 0 && w.rows > 0 && w.cols > 0;
+    let row_products = products
+        .iter_mut()
+        .filter(|p| f32_rows(&p.w) && nonempty(&p.w));
+    let row_products: Vec<_> = row_products.map(|p| (p.w, &mut *p.out)).collect();
+    if !row_products.is_empty() {
+        matmul_rows(x, tokens, row_products.into_iter(), isa);
+    }
+
     // The activations of a product the integer kernels compute, `None` for
     // the f32 products and empty shapes, which are done above.
     let acts_for = |w: &QuantMatrix| {
-        let runs = integer(w) && tokens > 0 && w.rows > 0 && w.cols > 0;
+        let runs = integer(w) && nonempty(w);
         acts.iter()
             .find(|a| runs && a.block_elems() == w.ty.block_elems() && a.cols() == w.cols)
     };

@@ -17,6 +17,7 @@
 mod activations;
 mod dequant;
 mod error;
+mod f32_rows;
 mod float;
 mod kernel;
 mod matmul;
@@ -27,8 +28,8 @@ pub use dequant::dequantize;
 pub use error::QuantError;
 pub use kernel::Isa;
 pub use matmul::{
-    matmul, matmul_many, matmul_many_with, matmul_prequantized, matmul_with, matmul_with_isa,
-    Activations, Product, QuantMatrix,
+    matmul, matmul_f32_with_isa, matmul_many, matmul_many_with, matmul_prequantized, matmul_with,
+    matmul_with_isa, Activations, Product, QuantMatrix,
 };
 
 use crate::GgmlType;
