@@ -269,6 +269,11 @@ impl Decoder {
     /// [`ModelError::Gguf`] for a missing tensor, [`ModelError::TensorShape`] or
     /// [`ModelError::TensorType`] for one that does not fit the config.
     pub fn load(file: Gguf, config: DecoderConfig) -> Result<Decoder, ModelError> {
+        // Check the RoPE settings now, so that a bad value in the file is reported
+        // as the file's, not as a failure of the first session.
+        for rope in &config.ropes {
+            Rope::new(rope.clone()).map_err(ModelError::RopeMetadata)?;
+        }
         let c = &config;
         let token_embd = linear(&file, "token_embd.weight", c.vocab, c.hidden)?;
         // Tied embeddings: files without `output.weight` reuse the token embeddings.

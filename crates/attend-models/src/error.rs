@@ -24,6 +24,9 @@ pub enum ModelError {
     Kv(#[from] KvError),
     #[error(transparent)]
     Rope(#[from] RopeError),
+    /// The RoPE settings read from the file's metadata are invalid.
+    #[error("the file's RoPE metadata is invalid: {0}; the file is not a model attend can run, or it is corrupt")]
+    RopeMetadata(RopeError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]

@@ -124,6 +124,21 @@ fn block_count_off_the_tensors_rejected() {
 }
 
 #[test]
+fn rope_metadata_rejected_at_load() {
+    // A rotary dimension of 0 used to pass loading and fail at the first session,
+    // where the message blamed the context length.
+    let mut bytes = model_bytes(SMOLLM2);
+    set_u32(&mut bytes, "llama.rope.dimension_count", 0);
+    let err = load(bytes)
+        .err()
+        .expect("rotary dimension 0 should be rejected");
+    assert!(
+        matches!(err, ModelError::RopeMetadata(_)) && err.to_string().contains("RoPE metadata"),
+        "{err}"
+    );
+}
+
+#[test]
 fn value_length_off_head_dim_rejected() {
     let mut bytes = model_bytes(GEMMA3);
     set_u32(&mut bytes, "gemma3.attention.value_length", 128);

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use super::error::GgufError;
+use super::error::{shown, GgufError};
 use super::value::{MetadataArray, MetadataValue, ValueType};
 
 /// Maximum nesting of arrays inside arrays. The GGUF format allows arrays of
@@ -30,9 +30,9 @@ impl fmt::Display for Item<'_> {
         match self {
             Item::Header => f.write_str("header"),
             Item::EntryIndex(i) => write!(f, "metadata entry {i}"),
-            Item::Key(key) => write!(f, "metadata key '{key}'"),
+            Item::Key(key) => write!(f, "metadata key '{}'", shown(key)),
             Item::TensorIndex(i) => write!(f, "tensor info {i}"),
-            Item::Tensor(name) => write!(f, "tensor info '{name}'"),
+            Item::Tensor(name) => write!(f, "tensor info '{}'", shown(name)),
         }
     }
 }

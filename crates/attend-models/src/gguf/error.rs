@@ -88,7 +88,7 @@ pub enum GgufError {
     },
 
     /// Two metadata entries share a key.
-    #[error("duplicate metadata key '{key}' at byte {offset}")]
+    #[error("duplicate metadata key '{}' at byte {offset}", shown(key))]
     DuplicateKey { key: String, offset: usize },
 
     /// `general.alignment` is not a nonzero power of two stored as a u32.
@@ -96,7 +96,7 @@ pub enum GgufError {
     InvalidAlignment { offset: usize, found: String },
 
     /// Two tensors share a name.
-    #[error("duplicate tensor name '{name}' at byte {offset}")]
+    #[error("duplicate tensor name '{}' at byte {offset}", shown(name))]
     DuplicateTensor { name: String, offset: usize },
 
     /// A tensor has more dimensions than ggml supports.
@@ -228,5 +228,19 @@ impl<T> OptionalKey<T> for Result<T, GgufError> {
             Err(GgufError::MissingKey { .. }) => Ok(None),
             Err(err) => Err(err),
         }
+    }
+}
+
+/// Longest key or tensor name an error quotes, in characters.
+const SHOWN_CHARS: usize = 80;
+
+/// A key or tensor name read from a file, as an error quotes it: control
+/// characters escaped, so a corrupt length cannot print raw bytes, and cut after
+/// [`SHOWN_CHARS`] characters.
+pub(super) fn shown(name: &str) -> String {
+    let escaped: String = name.escape_debug().collect();
+    match escaped.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &escaped[..cut], name.len()),
+        None => escaped,
     }
 }

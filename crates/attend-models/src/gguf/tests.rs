@@ -1249,3 +1249,19 @@ fn writer_copies_values_exactly() {
         assert_eq!(a.data(), b.data());
     }
 }
+
+#[test]
+fn errors_escape_and_cut_names_from_the_file() {
+    use super::error::shown;
+    assert_eq!(shown("general.name"), "general.name");
+    assert_eq!(shown("a\nb\0"), "a\\nb\\0");
+    let long = "k".repeat(300);
+    let quoted = shown(&long);
+    assert!(quoted.starts_with(&"k".repeat(80)), "{quoted}");
+    assert!(quoted.ends_with("... (300 bytes)"), "{quoted}");
+    let err = GgufError::DuplicateKey {
+        key: "x\ny".into(),
+        offset: 3,
+    };
+    assert_eq!(err.to_string(), "duplicate metadata key 'x\\ny' at byte 3");
+}
