@@ -319,7 +319,14 @@ pub fn matmul_with(
     out: &mut [f32],
     activations: Activations,
 ) -> Result<(), QuantError> {
-    matmul_many_with(x, tokens, &mut [Product { w: *w, out }], activations)
+    match activations {
+        // One product keeps `matmul`'s own split of the rows, which suits a single
+        // large matrix (the output projection) better than the shared task list.
+        Activations::Q8 => matmul(w, x, tokens, out),
+        Activations::F32 => {
+            matmul_many_with(x, tokens, &mut [Product { w: *w, out }], activations)
+        }
+    }
 }
 
 /// Computes [`matmul_many`] with the activations treated as `activations` says.
