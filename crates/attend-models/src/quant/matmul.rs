@@ -323,9 +323,7 @@ pub fn matmul_with(
         // One product keeps `matmul`'s own split of the rows, which suits a single
         // large matrix (the output projection) better than the shared task list.
         Activations::Q8 => matmul(w, x, tokens, out),
-        Activations::F32 => {
-            matmul_many_with(x, tokens, &mut [Product { w: *w, out }], activations)
-        }
+        Activations::F32 => matmul_many_with(x, tokens, &mut [Product { w: *w, out }], activations),
     }
 }
 
