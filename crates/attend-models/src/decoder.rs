@@ -18,11 +18,9 @@
 
 use std::ops::Range;
 
-use half::bf16;
-
 use attend::kv::{ContiguousCache, KvCache, KvConfig, KvDtype, RollingCache, SeqId};
 use attend::rope::{Rope, RopeConfig};
-use attend::{attention, decode, AttentionParams, Bshd, BshdMut};
+use attend::{attention, decode, AttentionParams, Bshd, BshdMut, Element};
 
 use crate::error::ModelError;
 use crate::gguf::{Gguf, OptionalKey};
@@ -200,7 +198,7 @@ pub struct Decoder {
     /// Whether the attention kernel has bf16 dot products on this CPU, so that
     /// prefill over a bf16 cache runs on bf16 rows rather than widened ones.
     bf16_attention: bool,
-    /// How every projection treats its activations; see [`Decoder::set_activations`].
+    /// Treatment of every projection's activations; see [`Decoder::set_activations`].
     activations: Activations,
 }
 
@@ -329,7 +327,7 @@ impl Decoder {
         self.activations = activations;
     }
 
-    /// How the projections treat their activations.
+    /// Returns how the projections treat their activations.
     pub fn activations(&self) -> Activations {
         self.activations
     }
@@ -566,42 +564,30 @@ impl Decoder {
             cache.append(SEQ, &b.k, &b.v, positions)?;
             let q_view = Bshd::contiguous(&b.q, 1, n_tokens, c.n_heads, c.head_dim)?;
             decode(q_view, &[cache.view(SEQ)?], &params, &mut out_view, None)?;
-        } else if let Some(cached) = self
-            .bf16_attention
-            .then(|| cache.view(SEQ).map(|view| view.to_dense_bf16()))
-            .transpose()?
-            .flatten()
-        {
-            // A prefill chunk over a bf16 cache on a CPU with bf16 dot products: the
-            // kernel runs on bf16 q, k and v (about 1.8x its f32 speed at Gemma 3's
-            // head_dim of 256). The chunk's keys and values are rounded to bf16 as the
-            // append below stores them, and the queries as FlashAttention rounds them
-            // for a bf16 model.
-            let kv_len = cached.positions.len() + n_tokens;
-            let mut k_all = cached.k;
-            k_all.extend(b.k.iter().map(|&x| bf16::from_f32(x)));
-            let mut v_all = cached.v;
-            v_all.extend(b.v.iter().map(|&x| bf16::from_f32(x)));
-            let q: Vec<bf16> = b.q.iter().map(|&x| bf16::from_f32(x)).collect();
-            let q_view = Bshd::contiguous(&q, 1, n_tokens, c.n_heads, c.head_dim)?;
-            let k_view = Bshd::contiguous(&k_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
-            let v_view = Bshd::contiguous(&v_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
-            attention(q_view, k_view, v_view, &params, &mut out_view, None)?;
-            cache.append(SEQ, &b.k, &b.v, positions)?;
         } else {
             // A prefill chunk: the keys visible to it are the cached tokens followed by
             // the chunk's own, gathered before the append, because a rolling cache
             // would drop the chunk's first keys before its last queries read them.
-            let cached = cache.view(SEQ)?.to_dense();
-            let kv_len = cached.positions.len() + n_tokens;
-            let mut k_all = cached.k;
-            k_all.extend_from_slice(&b.k);
-            let mut v_all = cached.v;
-            v_all.extend_from_slice(&b.v);
-            let q_view = Bshd::contiguous(&b.q, 1, n_tokens, c.n_heads, c.head_dim)?;
-            let k_view = Bshd::contiguous(&k_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
-            let v_view = Bshd::contiguous(&v_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
-            attention(q_view, k_view, v_view, &params, &mut out_view, None)?;
+            let view = cache.view(SEQ)?;
+            let bf16_rows = if self.bf16_attention {
+                view.to_dense_bf16()
+            } else {
+                None
+            };
+            let chunk = (&b.q[..], &b.k[..], &b.v[..]);
+            match bf16_rows {
+                // Over a bf16 cache on a CPU with bf16 dot products, the kernel runs
+                // on bf16 q, k and v (about 1.8x its f32 speed at Gemma 3's head_dim
+                // of 256). The chunk's keys and values are rounded to bf16 as the
+                // append below stores them.
+                Some(cached) => {
+                    prefill_attention(c, &params, chunk, (cached.k, cached.v), &mut out_view)?
+                }
+                None => {
+                    let cached = view.to_dense();
+                    prefill_attention(c, &params, chunk, (cached.k, cached.v), &mut out_view)?
+                }
+            }
             cache.append(SEQ, &b.k, &b.v, positions)?;
         }
 
@@ -641,6 +627,34 @@ impl Decoder {
         ops::add_in_place(x, &b.h);
         Ok(())
     }
+}
+
+/// Runs the prefill kernel for one chunk over the cached rows followed by the
+/// chunk's own keys and values, with q, k and v in storage type `T`: the cached
+/// rows are already in it, and the chunk's f32 rows are converted.
+///
+/// # Shapes
+/// `chunk = (q, k, v)`: `q: [tokens, n_heads * head_dim]`, `k`, `v`: `[tokens,
+/// n_kv_heads * head_dim]`; `cached = (k, v)`: `[cached, n_kv_heads * head_dim]`.
+fn prefill_attention<T: Element>(
+    c: &DecoderConfig,
+    params: &AttentionParams,
+    chunk: (&[f32], &[f32], &[f32]),
+    cached: (Vec<T>, Vec<T>),
+    out: &mut BshdMut<'_>,
+) -> Result<(), ModelError> {
+    let (q, k, v) = chunk;
+    let (mut k_all, mut v_all) = cached;
+    let n_tokens = q.len() / (c.n_heads * c.head_dim);
+    let kv_len = k_all.len() / (c.n_kv_heads * c.head_dim) + n_tokens;
+    k_all.extend(k.iter().map(|&x| T::from_f32(x)));
+    v_all.extend(v.iter().map(|&x| T::from_f32(x)));
+    let q: Vec<T> = q.iter().map(|&x| T::from_f32(x)).collect();
+    let q_view = Bshd::contiguous(&q, 1, n_tokens, c.n_heads, c.head_dim)?;
+    let k_view = Bshd::contiguous(&k_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
+    let v_view = Bshd::contiguous(&v_all, 1, kv_len, c.n_kv_heads, c.head_dim)?;
+    attention(q_view, k_view, v_view, params, out, None)?;
+    Ok(())
 }
 
 /// Scratch buffers of one forward pass, reused across layers.

@@ -23,18 +23,18 @@ const PREFETCH_ROWS_AHEAD: usize = 2 * MAX_TILE_ROWS;
 /// Tasks per rayon thread, so uneven tasks still balance.
 pub(super) const TASKS_PER_THREAD: usize = 8;
 
-/// How a product with quantized weights treats its f32 activations.
+/// Treatment of the f32 activations in a product with quantized weights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Activations {
     /// Quantised to 8 bits per weight block for integer dot products, as llama.cpp
-    /// does ([`QuantizedActivations`]); the fast path.
+    /// does ([`QuantizedActivations`]). This is the fast path.
     #[default]
     Q8,
     /// Kept in f32, so the product differs from the exact product of the
-    /// dequantised weights by f32 rounding only. Up to 16 tokens, each weight row
-    /// is decoded in registers and multiplied with every token; longer inputs
-    /// dequantise a panel of rows at a time for f32 GEMM. Slower than `Q8`; for
-    /// checks against an f32 reference and for text where near ties matter.
+    /// dequantised weights by f32 rounding only. For up to 16 tokens, each weight
+    /// row is decoded in registers and multiplied with every token. Longer inputs
+    /// dequantise a panel of rows at a time for f32 GEMM. Slower than `Q8`, it
+    /// suits checks against an f32 reference and text where near ties matter.
     F32,
 }
 
@@ -186,22 +186,14 @@ pub fn matmul_with_isa(
     if !isa.is_available() {
         return Err(QuantError::IsaUnavailable { isa });
     }
-    let (rows, cols) = (w.rows, w.cols);
-    check_f32_len("x", x.len(), tokens, cols)?;
-    check_f32_len("out", out.len(), tokens, rows)?;
-    if tokens == 0 || rows == 0 {
+    if !check_buffers(w, x, tokens, out)? {
         return Ok(());
     }
-    if cols == 0 {
-        out.fill(0.0);
-        return Ok(());
-    }
-
     if !w.ty.is_quantized() {
         matmul_float(w, x, tokens, out);
         return Ok(());
     }
-    let acts = quantize_for(x, tokens, cols, w.ty, isa)?;
+    let acts = quantize_for(x, tokens, w.cols, w.ty, isa)?;
     matmul_quantized(w, &acts, out, isa);
     Ok(())
 }
@@ -305,7 +297,7 @@ pub fn matmul_many(
 }
 
 /// Computes `out = x W^T` as [`matmul`] does, with the activations treated as
-/// `activations` says.
+/// `activations` selects.
 ///
 /// # Shapes
 /// As for [`matmul`].
@@ -327,7 +319,7 @@ pub fn matmul_with(
     }
 }
 
-/// Computes [`matmul_many`] with the activations treated as `activations` says.
+/// Computes [`matmul_many`] with the activations treated as `activations` selects.
 ///
 /// # Shapes
 /// As for [`matmul_many`].
@@ -386,14 +378,7 @@ fn matmul_many_with_isa(
     // Quantised activations for each block size in use, at most two (32, 256).
     let mut acts: Vec<QuantizedActivations> = Vec::new();
     for p in products.iter_mut() {
-        let (rows, cols) = (p.w.rows, p.w.cols);
-        check_f32_len("x", x.len(), tokens, cols)?;
-        check_f32_len("out", p.out.len(), tokens, rows)?;
-        if tokens == 0 || rows == 0 {
-            continue;
-        }
-        if cols == 0 {
-            p.out.fill(0.0);
+        if !check_buffers(&p.w, x, tokens, p.out)? {
             continue;
         }
         if f32_rows(&p.w) {
@@ -405,7 +390,7 @@ fn matmul_many_with_isa(
         }
         let block = p.w.ty.block_elems();
         if !acts.iter().any(|a| a.block_elems() == block) {
-            acts.push(quantize_for(x, tokens, cols, p.w.ty, isa)?);
+            acts.push(quantize_for(x, tokens, p.w.cols, p.w.ty, isa)?);
         }
     }
     let nonempty = |w: &QuantMatrix| tokens > 0 && w.rows > 0 && w.cols > 0;
@@ -448,6 +433,27 @@ fn matmul_many_with_isa(
         }
     }
     Ok(())
+}
+
+/// Checks `x: [tokens, cols]` and `out: [tokens, rows]` against `w` and settles
+/// the empty products. Returns false when nothing is left to compute: no tokens
+/// or no rows, or no columns, where `out` is filled with zeros.
+fn check_buffers(
+    w: &QuantMatrix,
+    x: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) -> Result<bool, QuantError> {
+    check_f32_len("x", x.len(), tokens, w.cols)?;
+    check_f32_len("out", out.len(), tokens, w.rows)?;
+    if tokens == 0 || w.rows == 0 {
+        return Ok(false);
+    }
+    if w.cols == 0 {
+        out.fill(0.0);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 fn check_f32_len(
