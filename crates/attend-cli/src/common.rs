@@ -93,9 +93,9 @@ pub fn model_error(path: &Path, err: &ModelError) -> String {
     format!("{}: {err}{hint}", path.display())
 }
 
-/// The most worker threads a command accepts: far more than any core count these
-/// kernels scale to, and few enough that a mistyped value cannot start threads
-/// until the machine runs out.
+/// Maximum number of worker threads a command accepts. It is far above any core
+/// count these kernels scale to, yet low enough that a mistyped value cannot start
+/// threads until the machine runs out.
 pub const MAX_THREADS: usize = 1024;
 
 /// Checks a `--threads` value: at least 1 and at most [`MAX_THREADS`].

@@ -68,8 +68,8 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// The generation parameters, checked: sampling values in range and no empty
-    /// stop string (which would stop before the first token).
+    /// Returns the generation parameters after checking that the sampling values
+    /// are in range and no stop string is empty (it would stop at once).
     pub(crate) fn checked_params(&self) -> Result<GenerateParams, String> {
         let params = self.params();
         params.sampling.validate().map_err(|e| e.to_string())?;

@@ -144,10 +144,10 @@ fn llamacpp_greedy(name: &str) -> Value {
 
 #[test]
 fn greedy_generate_matches_llamacpp() {
-    // llama.cpp's first token here wins by only 0.03 logits over ':', which attend
-    // matches with f16 and f32 caches and with either activation type; a kernel
-    // change that moves logits by that much would flip it. Token 19 wins by 0.047,
-    // which the 8-bit activation rounding does flip, so the comparison stops
+    // llama.cpp's first token here wins by only 0.03 logits over ':'. attend
+    // matches it with f16 and f32 caches and with either activation type, but a
+    // kernel change that moves logits by that much would flip it. Token 19 wins by
+    // 0.047, which the 8-bit activation rounding does flip, so the comparison stops
     // before it.
     let case = llamacpp_greedy("colors");
     let margins = case["top1_margins"].as_array().unwrap();
@@ -462,7 +462,8 @@ fn chat_reuses_cache_between_turns() {
 
 #[test]
 fn chat_line_of_spaces_quits() {
-    // The banner says an empty line quits; a line of spaces looks the same.
+    // The banner tells the user that an empty line quits, and a line of spaces
+    // looks the same on a terminal.
     let prefills = chat_prefills(SMOLLM2, "Hi\n   \nThis turn is never read.\n");
     assert_eq!(prefills.len(), 1, "{prefills:?}");
 }

@@ -98,7 +98,7 @@ impl Engine {
         &self.decoder
     }
 
-    /// The decoder, to change its settings (for example
+    /// Returns the decoder mutably, to change its settings (for example
     /// [`Decoder::set_activations`]).
     pub fn decoder_mut(&mut self) -> &mut Decoder {
         &mut self.decoder

@@ -52,9 +52,9 @@ fn f32_activations_match_exact_reference() {
 /// Limits of the 8-bit-activation runs against the exact reference. The 701-token
 /// text is longer than the 512-token window, and chunks of 200 make later chunks
 /// attend through wrapped rolling caches. llama.cpp agrees with this reference on
-/// 93.9% of top-1 overall and 99.0% where the margin exceeds 0.2; its largest top-5
-/// difference is 1.32, its worst sampled row 0.57 and its worst log-sum-exp 0.85,
-/// all at the last position, where attend measured a sampled mean of 0.91.
+/// 93.9% of top-1 overall and 99.0% where the margin exceeds 0.2. Its largest
+/// top-5 difference is 1.32, its worst sampled row 0.57 and its worst log-sum-exp
+/// 0.85, all at the last position, where attend measured a sampled mean of 0.91.
 fn q8_limits(kv_dtype: KvDtype) -> TeacherForcedLimits {
     TeacherForcedLimits {
         chunk: 200,

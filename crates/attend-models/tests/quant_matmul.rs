@@ -524,7 +524,8 @@ fn f32_activations_check_lengths() {
     assert_eq!("f32".parse::<Activations>(), Ok(Activations::F32));
     assert_eq!("q8".parse::<Activations>(), Ok(Activations::Q8));
     let err = "f16".parse::<Activations>().unwrap_err();
-    assert!(err.contains("`f16`") && err.contains("q8 or f32"), "{err}");
+    assert!(err.contains("`f16`"), "{err}");
+    assert!(err.contains("q8 or f32"), "{err}");
 }
 
 #[test]

@@ -588,8 +588,8 @@ fn row_to_f32_checks_its_arguments() {
 
 #[test]
 fn dense_bf16_copies_rows_in_position_order() {
-    // A rolling bf16 cache with a sink, wrapped: the view has three runs (sink, the
-    // ring from its oldest slot, the ring's start), and the bf16 copy must hold the
+    // A wrapped rolling bf16 cache with a sink has three runs: the sink, the ring
+    // from its oldest slot, and the ring's start. The bf16 copy must contain the
     // same rows in the same order as the f32 copy, unconverted.
     let mut cache = RollingCache::new(config(KvDtype::Bf16), 3, 1).unwrap();
     cache.add_sequence(A).unwrap();
@@ -622,5 +622,7 @@ fn dense_bf16_copies_rows_in_position_order() {
     let mut empty = ContiguousCache::new(config(KvDtype::Bf16), 4).unwrap();
     empty.add_sequence(A).unwrap();
     let rows = empty.view(A).unwrap().to_dense_bf16().unwrap();
-    assert!(rows.k.is_empty() && rows.v.is_empty() && rows.positions.is_empty());
+    assert!(rows.k.is_empty());
+    assert!(rows.v.is_empty());
+    assert!(rows.positions.is_empty());
 }

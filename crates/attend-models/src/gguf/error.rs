@@ -231,12 +231,12 @@ impl<T> OptionalKey<T> for Result<T, GgufError> {
     }
 }
 
-/// Longest key or tensor name an error quotes, in characters.
+/// Maximum length, in characters, of a key or tensor name quoted in an error.
 const SHOWN_CHARS: usize = 80;
 
-/// A key or tensor name read from a file, as an error quotes it: control
-/// characters escaped, so a corrupt length cannot print raw bytes, and cut after
-/// [`SHOWN_CHARS`] characters.
+/// Formats a key or tensor name read from a file for an error message. Control
+/// characters are escaped, so a corrupt length cannot print raw bytes, and the
+/// text is cut after [`SHOWN_CHARS`] characters.
 pub(super) fn shown(name: &str) -> String {
     let escaped: String = name.escape_debug().collect();
     match escaped.char_indices().nth(SHOWN_CHARS) {

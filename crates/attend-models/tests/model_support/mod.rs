@@ -214,10 +214,10 @@ pub struct TeacherForcedLimits {
     pub logsumexp: f64,
 }
 
-/// Limits for [`Activations::F32`](attend_models::quant::Activations::F32) runs
-/// with an f32 cache: the only differences from the float64 reference are f32
-/// rounding and summation order, so only the closest ties could flip, and logits
-/// come within 0.01 of the reference (attend measured at most 6e-4 on both models).
+/// Returns the limits for [`Activations::F32`](attend_models::quant::Activations::F32)
+/// runs with an f32 cache. The only differences from the float64 reference are f32
+/// rounding and summation order, so only the closest ties could flip. Logits come
+/// within 0.01 of the reference (attend measured at most 6e-4 on both models).
 pub fn f32_activation_limits(chunk: usize) -> TeacherForcedLimits {
     TeacherForcedLimits {
         chunk,

@@ -159,7 +159,7 @@ struct Scratch {
 
 /// Returns the K or V rows of the tile. f32, f16 and bf16 rows are borrowed in place, and
 /// the products widen 16-bit rows as they load them, so each element is read once. Int8
-/// values times their scale are converted to f32 into `buffer`, grown to fit; the
+/// values times their scale are converted to f32 into `buffer`, grown to fit. The
 /// conversion keeps the storage layout, so it reads the tile front to back in one pass.
 ///
 /// # Shapes

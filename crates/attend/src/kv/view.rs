@@ -241,7 +241,7 @@ impl<'a> KvSeqView<'a> {
             dense.v.extend_from_slice(v);
             dense.positions.extend_from_slice(chunk.positions);
         }
-        // A view with no chunks says nothing about the storage type.
+        // A view with no chunks has no rows to match, so check the store's type.
         (self.k.dtype() == super::KvDtype::Bf16).then_some(dense)
     }
 }
