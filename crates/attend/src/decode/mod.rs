@@ -16,12 +16,13 @@
 //!
 //! Within a tile, f32, f16 and bf16 K rows are read in place (16-bit rows widened as the
 //! products load them), and int8 rows are converted to f32 once, front to back. Each kv
-//! head's rows are then scored against all query rows of its group in one
-//! [`Simd::qk_rows`] call, and the V rows go the same way into [`Simd::pv_tile`]. While
-//! a tile is computed, the next one is prefetched. The splits of a sequence are then
-//! merged in split order through their log-sum-exp, so the result depends on the split
-//! size (a constant) and not on the number of threads: it is bitwise identical for any
-//! thread count.
+//! head's rows are then scored against all query rows of its group with
+//! [`Simd::qk_rows`], and the V rows go the same way into [`Simd::pv_rows`]. Both walk
+//! the tile in sub-blocks of 16 tokens that visit every kv head before moving on, so
+//! memory is read nearly in order, and each call prefetches a share of the rows 32
+//! tokens ahead. The splits of a sequence are then merged in split order through their log-sum-exp, so
+//! the result depends on the split size (a constant) and not on the number of threads:
+//! it is bitwise identical for any thread count.
 //!
 //! Masks are measured in positions, not in indices, so rolling caches after wrap-around
 //! and attention-sink tokens see the right keys; see [`decode`]. [`decode_reference`] is
@@ -46,8 +47,7 @@ use task::{Partial, SeqPlan};
 /// Cached tokens per split-KV task. A constant, so that results do not depend on threads.
 pub const SPLIT_TOKENS: usize = 256;
 
-/// Cached tokens scored per online-softmax step inside a task: the key width of the
-/// [`Simd::pv_tile`] tiles that accumulate V.
+/// Cached tokens scored per online-softmax step inside a task.
 pub const TILE_TOKENS: usize = simd::TILE_KV;
 
 /// Sizes and options of a validated decode call.

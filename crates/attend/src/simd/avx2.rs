@@ -8,8 +8,10 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::portable::pv_tile_by_axpy;
-use super::{pv_tile_shape, qk_tile_cols, sealed, softmax_tile_cols, Isa, Rows, Simd, TILE_Q};
+use super::portable::{pv_rows_by_axpy, pv_tile_by_axpy};
+use super::{
+    pv_rows_shape, pv_tile_shape, qk_tile_cols, sealed, softmax_tile_cols, Isa, Rows, Simd, TILE_Q,
+};
 
 /// The token for AVX2 code with FMA and F16C.
 #[derive(Debug, Clone, Copy)]
@@ -172,12 +174,63 @@ impl Simd for Avx2Fma {
             ));
         };
         let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
+        let p = Probs {
+            p: pt.as_ptr(),
+            token_stride: TILE_Q,
+            row_stride: 1,
+        };
         // SAFETY: the token proves the features; `pv_tile_shape` guarantees `pt` holds
         // `cols * TILE_Q` elements, `v` has `cols` rows of `head_dim` at
         // `v_row_stride`, `o` contains `rows * head_dim` elements and `rows <= TILE_Q`.
         unsafe {
             pv_tile(
-                pt.as_ptr(),
+                p,
+                v.as_ptr(),
+                v_row_stride,
+                cols,
+                head_dim,
+                o.as_mut_ptr(),
+                rows,
+            )
+        }
+    }
+
+    fn pv_rows(
+        self,
+        p: &[f32],
+        p_row_stride: usize,
+        v: Rows<'_>,
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        let Rows::F32(v) = v else {
+            // f16 and bf16 rows take one widening `axpy` per (row, key), as by default.
+            return match_rows!(v, |v| pv_rows_by_axpy(
+                self,
+                p,
+                p_row_stride,
+                v,
+                v_row_stride,
+                cols,
+                head_dim,
+                o
+            ));
+        };
+        let (rows, cols) = pv_rows_shape(p, p_row_stride, v, v_row_stride, cols, head_dim, o);
+        let probs = Probs {
+            p: p.as_ptr(),
+            token_stride: 1,
+            row_stride: p_row_stride,
+        };
+        // SAFETY: the token proves the features; `pv_rows_shape` guarantees that row
+        // `r < rows` of `p` has `cols` elements at `r * p_row_stride`, `v` has `cols`
+        // rows of `head_dim` at `v_row_stride` and `o` contains `rows * head_dim`
+        // elements.
+        unsafe {
+            pv_tile(
+                probs,
                 v.as_ptr(),
                 v_row_stride,
                 cols,
@@ -527,9 +580,36 @@ unsafe fn softmax_tile(st: *mut f32, cols: usize, m: *mut f32, l: *mut f32, corr
     }
 }
 
+/// Probabilities of a value product: row `r`, key `j` at `p[j * token_stride + r *
+/// row_stride]`. [`Simd::pv_tile`] has `(TILE_Q, 1)`, [`Simd::pv_rows`] `(1, p_row_stride)`.
+#[derive(Clone, Copy)]
+struct Probs {
+    p: *const f32,
+    token_stride: usize,
+    row_stride: usize,
+}
+
+impl Probs {
+    /// Returns the probability of row `row` and key `kv`.
+    ///
+    /// # Safety
+    /// The element must lie inside the allocation that `p` points into.
+    #[inline]
+    unsafe fn get(self, row: usize, kv: usize) -> f32 {
+        *self.p.add(kv * self.token_stride + row * self.row_stride)
+    }
+}
+
+/// Accumulates `o[r][d] += sum_j p(r, j) * v[j * v_row_stride + d]` for `r < rows`,
+/// `j < cols`, `d < head_dim`.
+///
+/// # Safety
+/// avx2, fma and f16c must be available; `p` must hold `rows` rows of `cols`
+/// probabilities, `v` `cols` rows of `head_dim` at `v_row_stride`, and `o` `rows *
+/// head_dim` elements.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pv_tile(
-    pt: *const f32,
+    p: Probs,
     v: *const f32,
     v_row_stride: usize,
     cols: usize,
@@ -547,7 +627,10 @@ unsafe fn pv_tile(
         while row < rows {
             let step = if row + 2 <= rows { 2 } else { 1 };
             let chunk = ValueChunk {
-                pt: pt.add(row),
+                p: Probs {
+                    p: p.p.add(row * p.row_stride),
+                    ..p
+                },
                 v: v.add(d0),
                 v_row_stride,
                 cols,
@@ -555,14 +638,14 @@ unsafe fn pv_tile(
                 o_row_stride: head_dim,
             };
             match (step, vectors) {
-                (2, 1) => pv_rows::<2, 1>(chunk),
-                (2, 2) => pv_rows::<2, 2>(chunk),
-                (2, 3) => pv_rows::<2, 3>(chunk),
-                (2, _) => pv_rows::<2, 4>(chunk),
-                (_, 1) => pv_rows::<1, 1>(chunk),
-                (_, 2) => pv_rows::<1, 2>(chunk),
-                (_, 3) => pv_rows::<1, 3>(chunk),
-                (_, _) => pv_rows::<1, 4>(chunk),
+                (2, 1) => pv_block::<2, 1>(chunk),
+                (2, 2) => pv_block::<2, 2>(chunk),
+                (2, 3) => pv_block::<2, 3>(chunk),
+                (2, _) => pv_block::<2, 4>(chunk),
+                (_, 1) => pv_block::<1, 1>(chunk),
+                (_, 2) => pv_block::<1, 2>(chunk),
+                (_, 3) => pv_block::<1, 3>(chunk),
+                (_, _) => pv_block::<1, 4>(chunk),
             }
             row += step;
         }
@@ -572,7 +655,7 @@ unsafe fn pv_tile(
         for d in full..head_dim {
             let mut acc = *o.add(row * head_dim + d);
             for kv in 0..cols {
-                acc += *pt.add(kv * TILE_Q + row) * *v.add(kv * v_row_stride + d);
+                acc += p.get(row, kv) * *v.add(kv * v_row_stride + d);
             }
             *o.add(row * head_dim + d) = acc;
         }
@@ -583,7 +666,7 @@ unsafe fn pv_tile(
 /// head_dim column.
 #[derive(Clone, Copy)]
 struct ValueChunk {
-    pt: *const f32,
+    p: Probs,
     v: *const f32,
     v_row_stride: usize,
     cols: usize,
@@ -593,9 +676,9 @@ struct ValueChunk {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(chunk: ValueChunk) {
+unsafe fn pv_block<const ROWS: usize, const VECTORS: usize>(chunk: ValueChunk) {
     let ValueChunk {
-        pt,
+        p,
         v,
         v_row_stride,
         cols,
@@ -615,7 +698,7 @@ unsafe fn pv_rows<const ROWS: usize, const VECTORS: usize>(chunk: ValueChunk) {
             *value = _mm256_loadu_ps(v_row.add(c * LANES));
         }
         for (row, acc_row) in acc.iter_mut().enumerate() {
-            let weight = _mm256_set1_ps(*pt.add(kv * TILE_Q + row));
+            let weight = _mm256_set1_ps(p.get(row, kv));
             for (acc, value) in acc_row.iter_mut().zip(values) {
                 *acc = _mm256_fmadd_ps(weight, value, *acc);
             }

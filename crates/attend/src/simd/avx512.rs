@@ -9,8 +9,8 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::{
-    pack_v_bf16_cols, pv_tile_bf16_shape, pv_tile_shape, qk_rows_shape, qk_tile_bf16_cols,
-    qk_tile_cols, sealed, softmax_tile_cols, Isa, Rows, Simd, TILE_KV, TILE_Q,
+    pack_v_bf16_cols, pv_rows_shape, pv_tile_bf16_shape, pv_tile_shape, qk_rows_shape,
+    qk_tile_bf16_cols, qk_tile_cols, sealed, softmax_tile_cols, Isa, Rows, Simd, TILE_KV, TILE_Q,
 };
 
 /// The token for AVX-512 Foundation code, noting whether the bf16 tiles can run too.
@@ -270,6 +270,27 @@ impl Simd for Avx512 {
             o
         ))
     }
+
+    fn pv_rows(
+        self,
+        p: &[f32],
+        p_row_stride: usize,
+        v: Rows<'_>,
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        match_rows!(v, |v| self.pv_rows_widened(
+            p,
+            p_row_stride,
+            v,
+            v_row_stride,
+            cols,
+            head_dim,
+            o
+        ))
+    }
 }
 
 impl Avx512 {
@@ -317,20 +338,51 @@ impl Avx512 {
         o: &mut [f32],
     ) {
         let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
+        let tile = ValueTile {
+            p: pt.as_ptr(),
+            p_token_stride: TILE_Q,
+            p_row_stride: 1,
+            v: v.as_ptr(),
+            v_row_stride,
+            cols,
+            o: o.as_mut_ptr(),
+            head_dim,
+        };
         // SAFETY: the token proves avx512f; `pv_tile_shape` guarantees `pt` holds
         // `cols * TILE_Q` elements, `v` has `cols` rows of `head_dim` at
         // `v_row_stride`, `o` contains `rows * head_dim` elements and `rows <= TILE_Q`.
-        unsafe {
-            pv_tile(
-                pt.as_ptr(),
-                v.as_ptr(),
-                v_row_stride,
-                cols,
-                head_dim,
-                o.as_mut_ptr(),
-                rows,
-            )
-        }
+        unsafe { pv_tile(tile, rows) }
+    }
+
+    /// [`Simd::pv_rows`] over f32, f16 or bf16 values; 16-bit values are widened in
+    /// registers.
+    #[allow(clippy::too_many_arguments)]
+    fn pv_rows_widened<T: Widen>(
+        self,
+        p: &[f32],
+        p_row_stride: usize,
+        v: &[T],
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        let (rows, cols) = pv_rows_shape(p, p_row_stride, v, v_row_stride, cols, head_dim, o);
+        let tile = ValueTile {
+            p: p.as_ptr(),
+            p_token_stride: 1,
+            p_row_stride,
+            v: v.as_ptr(),
+            v_row_stride,
+            cols,
+            o: o.as_mut_ptr(),
+            head_dim,
+        };
+        // SAFETY: the token proves avx512f; `pv_rows_shape` guarantees that row
+        // `r < rows` of `p` has `cols` elements at `r * p_row_stride`, `v` has `cols`
+        // rows of `head_dim` at `v_row_stride` and `o` contains `rows * head_dim`
+        // elements.
+        unsafe { pv_tile(tile, rows) }
     }
 }
 
@@ -812,25 +864,14 @@ unsafe fn softmax_tile(st: *mut f32, cols: usize, m: *mut f32, l: *mut f32, corr
     }
 }
 
+/// Runs [`ValueTile`] over `rows` output rows of `head_dim` columns.
+///
+/// # Safety
+/// avx512f must be available, and `tile` must describe `rows` rows of probabilities,
+/// `tile.cols` value rows and `rows` output rows inside their allocations.
 #[target_feature(enable = "avx512f")]
-unsafe fn pv_tile<T: Widen>(
-    pt: *const f32,
-    v: *const T,
-    v_row_stride: usize,
-    cols: usize,
-    head_dim: usize,
-    o: *mut f32,
-    rows: usize,
-) {
-    let tile = ValueTile {
-        pt,
-        v,
-        v_row_stride,
-        cols,
-        o,
-        head_dim,
-    };
-    walk_output(tile, rows, head_dim);
+unsafe fn pv_tile<T: Widen>(tile: ValueTile<T>, rows: usize) {
+    walk_output(tile, rows, tile.head_dim);
 }
 
 /// A micro-kernel that accumulates `ROWS` rows of a `[rows, head_dim]` output over
@@ -943,11 +984,14 @@ unsafe fn store_output<const ROWS: usize, const VECTORS: usize>(
     }
 }
 
-/// A value tile product `o += pt^T v`, with the shapes of [`Simd::pv_tile`]; the values
-/// are f32, f16 or bf16.
+/// A value tile product `o[r] += sum_j p(r, j) * v[j]`, with the probability of row `r`
+/// and key `j` at `p[j * p_token_stride + r * p_row_stride]`: [`Simd::pv_tile`] passes
+/// `(TILE_Q, 1)`, [`Simd::pv_rows`] `(1, p_row_stride)`. The values are f32, f16 or bf16.
 #[derive(Clone, Copy)]
 struct ValueTile<T> {
-    pt: *const f32,
+    p: *const f32,
+    p_token_stride: usize,
+    p_row_stride: usize,
     v: *const T,
     v_row_stride: usize,
     cols: usize,
@@ -974,7 +1018,10 @@ impl<T: Widen> OutputKernel for ValueTile<T> {
                 *value = T::load_lanes_masked(v_row.add(c * LANES), mask(c));
             }
             for (r, acc_row) in acc.iter_mut().enumerate() {
-                let weight = _mm512_set1_ps(*self.pt.add(kv * TILE_Q + row + r));
+                let p = self
+                    .p
+                    .add(kv * self.p_token_stride + (row + r) * self.p_row_stride);
+                let weight = _mm512_set1_ps(*p);
                 for (acc, value) in acc_row.iter_mut().zip(values) {
                     *acc = _mm512_fmadd_ps(weight, value, *acc);
                 }
@@ -1142,111 +1189,189 @@ unsafe fn qk_rows<T: Widen>(block: ScoreRows<T>, rows: usize) {
             s: block.s.add(row * block.s_row_stride),
             ..block
         };
-        match step {
-            4 => qk_row_block::<4, T>(rows_block),
-            3 => qk_row_block::<3, T>(rows_block),
-            2 => qk_row_block::<2, T>(rows_block),
-            _ => qk_row_block::<1, T>(rows_block),
+        // The common head dims get their own unrolled copies.
+        match (step, block.head_dim) {
+            (4, 64) => qk_row_block::<4, 4, T>(rows_block),
+            (3, 64) => qk_row_block::<3, 4, T>(rows_block),
+            (2, 64) => qk_row_block::<2, 4, T>(rows_block),
+            (_, 64) => qk_row_block::<1, 4, T>(rows_block),
+            (4, 128) => qk_row_block::<4, 8, T>(rows_block),
+            (3, 128) => qk_row_block::<3, 8, T>(rows_block),
+            (2, 128) => qk_row_block::<2, 8, T>(rows_block),
+            (_, 128) => qk_row_block::<1, 8, T>(rows_block),
+            (4, 256) => qk_row_block::<4, 16, T>(rows_block),
+            (3, 256) => qk_row_block::<3, 16, T>(rows_block),
+            (2, 256) => qk_row_block::<2, 16, T>(rows_block),
+            (_, 256) => qk_row_block::<1, 16, T>(rows_block),
+            (4, _) => qk_row_block::<4, 0, T>(rows_block),
+            (3, _) => qk_row_block::<3, 0, T>(rows_block),
+            (2, _) => qk_row_block::<2, 0, T>(rows_block),
+            (_, _) => qk_row_block::<1, 0, T>(rows_block),
         }
         row += step;
     }
 }
 
 /// Scores `ROWS` query rows against all keys, 16 keys per step. Each (row, key) pair
-/// leaves one vector of partial sums over head_dim, and [`sum_lanes_16`] reduces the 16
-/// vectors of a row at once instead of one horizontal sum per key.
+/// leaves one vector of partial sums over head_dim, and the 16 vectors of a row are
+/// reduced together instead of one horizontal sum per key. Four folding steps
+/// ([`fold_halves`] to [`fold_last`]) each add pairs of vectors, so every sum keeps
+/// half as many lanes per key and the keys stay apart: 15 additions for 16 keys, where
+/// 16 horizontal sums would take 64. The folds run as the keys are scored, two keys at
+/// a time, so only a few partial vectors per row are live.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn qk_row_block<const ROWS: usize, T: Widen>(block: ScoreRows<T>) {
-    let ScoreRows {
-        q,
-        k,
-        k_row_stride,
-        cols,
-        head_dim,
-        scale,
-        s,
-        s_row_stride,
-    } = block;
-    let full_vectors = head_dim / LANES;
-    let tail_mask = lane_mask(head_dim % LANES);
-    let scale = _mm512_set1_ps(scale);
+unsafe fn qk_row_block<const ROWS: usize, const VECTORS: usize, T: Widen>(block: ScoreRows<T>) {
+    let scale = _mm512_set1_ps(block.scale);
     let mut key0 = 0;
-    while key0 < cols {
-        let keys = (cols - key0).min(LANES);
-        // partial[r][j]: lanes summing to row r's score against key key0 + j.
-        let mut partial = [[_mm512_setzero_ps(); LANES]; ROWS];
-        for j in 0..keys {
-            let k_row = k.add((key0 + j) * k_row_stride);
-            let mut acc = [_mm512_setzero_ps(); ROWS];
-            for c in 0..full_vectors {
-                let key = T::load_lanes(k_row.add(c * LANES));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let query = _mm512_loadu_ps(q.add(r * head_dim + c * LANES));
-                    *acc = _mm512_fmadd_ps(query, key, *acc);
-                }
-            }
-            if tail_mask != 0 {
-                let offset = full_vectors * LANES;
-                let key = T::load_lanes_masked(k_row.add(offset), tail_mask);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let query = _mm512_maskz_loadu_ps(tail_mask, q.add(r * head_dim + offset));
-                    *acc = _mm512_fmadd_ps(query, key, *acc);
-                }
-            }
-            for (partial_row, acc) in partial.iter_mut().zip(acc) {
-                partial_row[j] = acc;
-            }
-        }
-        let store_mask = lane_mask(keys);
-        for (r, partial_row) in partial.iter().enumerate() {
-            let scores = _mm512_mul_ps(sum_lanes_16(partial_row), scale);
-            _mm512_mask_storeu_ps(s.add(r * s_row_stride + key0), store_mask, scores);
+    while key0 < block.cols {
+        let keys = KeyBlock {
+            first: key0,
+            len: (block.cols - key0).min(LANES),
+        };
+        let (a, b) = (
+            key_octet::<ROWS, VECTORS, T>(&block, keys, 0),
+            key_octet::<ROWS, VECTORS, T>(&block, keys, 1),
+        );
+        let store_mask = lane_mask(keys.len);
+        for r in 0..ROWS {
+            let scores = _mm512_mul_ps(fold_last(a[r], b[r]), scale);
+            _mm512_mask_storeu_ps(
+                block.s.add(r * block.s_row_stride + key0),
+                store_mask,
+                scores,
+            );
         }
         key0 += LANES;
     }
 }
 
-/// Returns the vector whose lane `j` is the sum of the lanes of `v[j]`.
-///
-/// Four halving steps add pairs of vectors so that each sum keeps half as many lanes
-/// per key and the keys stay apart: 15 additions for 16 keys, where 16 horizontal
-/// sums would take 64.
+/// Up to 16 keys scored together: keys `first..first + len`.
+#[derive(Clone, Copy)]
+struct KeyBlock {
+    first: usize,
+    len: usize,
+}
+
+/// Defines `$name(block, keys, i)`: per row, `$fold` of the results of `$below` for
+/// `2i` and `2i + 1`, so each level of the lane-sum tree covers twice as many keys.
+macro_rules! key_fold_level {
+    ($(#[$doc:meta])* $name:ident, $below:ident, $fold:ident) => {
+        $(#[$doc])*
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $name<const ROWS: usize, const VECTORS: usize, T: Widen>(
+            block: &ScoreRows<T>,
+            keys: KeyBlock,
+            i: usize,
+        ) -> [__m512; ROWS] {
+            let (a, b) = (
+                $below::<ROWS, VECTORS, T>(block, keys, 2 * i),
+                $below::<ROWS, VECTORS, T>(block, keys, 2 * i + 1),
+            );
+            std::array::from_fn(|r| $fold(a[r], b[r]))
+        }
+    };
+}
+
+key_fold_level!(
+    /// Returns, per row, the partial sums of keys `8i..8i + 8` after three folding steps.
+    key_octet,
+    key_quartet,
+    fold_pairs
+);
+key_fold_level!(
+    /// Returns, per row, the partial sums of keys `4i..4i + 4` after two folding steps.
+    key_quartet,
+    key_pair,
+    fold_quarters
+);
+key_fold_level!(
+    /// Returns, per row, the partial sums of keys `2i` and `2i + 1` after one folding step.
+    key_pair,
+    key_products,
+    fold_halves
+);
+
+/// Returns, per row, the vector of products of the query row and key `j` of the block,
+/// whose lanes sum to the unscaled score; zeros past the block's last key.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn sum_lanes_16(v: &[__m512; LANES]) -> __m512 {
-    // 16 -> 8 vectors: the 128-bit quarters of halves[i] are
-    // [a.q0 + a.q2, a.q1 + a.q3, b.q0 + b.q2, b.q1 + b.q3] for (a, b) = v[2i], v[2i + 1].
-    let halves: [__m512; 8] = std::array::from_fn(|i| {
-        let (a, b) = (v[2 * i], v[2 * i + 1]);
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-        )
-    });
+unsafe fn key_products<const ROWS: usize, const VECTORS: usize, T: Widen>(
+    block: &ScoreRows<T>,
+    keys: KeyBlock,
+    j: usize,
+) -> [__m512; ROWS] {
+    let mut acc = [_mm512_setzero_ps(); ROWS];
+    if j >= keys.len {
+        return acc;
+    }
+    // With VECTORS > 0 the head_dim is known at compile time and the loop unrolls.
+    let head_dim = if VECTORS > 0 {
+        VECTORS * LANES
+    } else {
+        block.head_dim
+    };
+    let full_vectors = head_dim / LANES;
+    let tail_mask = lane_mask(head_dim % LANES);
+    let k_row = block.k.add((keys.first + j) * block.k_row_stride);
+    for c in 0..full_vectors {
+        let key = T::load_lanes(k_row.add(c * LANES));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let query = _mm512_loadu_ps(block.q.add(r * head_dim + c * LANES));
+            *acc = _mm512_fmadd_ps(query, key, *acc);
+        }
+    }
+    if tail_mask != 0 {
+        let offset = full_vectors * LANES;
+        let key = T::load_lanes_masked(k_row.add(offset), tail_mask);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let query = _mm512_maskz_loadu_ps(tail_mask, block.q.add(r * head_dim + offset));
+            *acc = _mm512_fmadd_ps(query, key, *acc);
+        }
+    }
+    acc
+}
 
-    // 8 -> 4: quarter q of quarters[i] contains 4 partial sums of key 4i + q.
-    let quarters: [__m512; 4] = std::array::from_fn(|i| {
-        let (a, b) = (halves[2 * i], halves[2 * i + 1]);
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-        )
-    });
+/// Step 1 of the lane sums, 16 -> 8 vectors: the 128-bit quarters of the result are
+/// `[a.q0 + a.q2, a.q1 + a.q3, b.q0 + b.q2, b.q1 + b.q3]` for keys `2i` in `a` and
+/// `2i + 1` in `b`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fold_halves(a: __m512, b: __m512) -> __m512 {
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+        _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+    )
+}
 
-    // 4 -> 2, within quarters: quarter q of pairs[i] contains 2 partial sums of key
-    // 8i + q, then 2 of key 8i + 4 + q.
-    let pairs: [__m512; 2] = std::array::from_fn(|i| {
-        let (a, b) = (quarters[2 * i], quarters[2 * i + 1]);
-        _mm512_add_ps(
-            _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
-            _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
-        )
-    });
+/// Step 2, 8 -> 4 vectors: quarter `q` of result `i` contains 4 partial sums of key
+/// `4i + q`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fold_quarters(a: __m512, b: __m512) -> __m512 {
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+    )
+}
 
-    // 2 -> 1: lane 4q + m contains the sum of key 4m + q. The permutation moves key j to
-    // lane j.
-    let (a, b) = (pairs[0], pairs[1]);
+/// Step 3, 4 -> 2 vectors, within quarters: quarter `q` of result `i` contains 2 partial
+/// sums of key `8i + q`, then 2 of key `8i + 4 + q`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fold_pairs(a: __m512, b: __m512) -> __m512 {
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+        _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+    )
+}
+
+/// Step 4, 2 -> 1 vector: after the addition lane `4q + m` contains the sum of key
+/// `4m + q`, and the permutation moves key `j` to lane `j`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fold_last(a: __m512, b: __m512) -> __m512 {
     let sums = _mm512_add_ps(
         _mm512_shuffle_ps::<0b10_00_10_00>(a, b),
         _mm512_shuffle_ps::<0b11_01_11_01>(a, b),

@@ -381,6 +381,37 @@ pub trait Simd: Copy + Send + Sync + sealed::Sealed {
             o
         ))
     }
+
+    /// Accumulates `o[r][d] += sum_j p[r * p_row_stride + j] * v[j * v_row_stride + d]`
+    /// for `j < cols`: [`Simd::pv_tile`] with the probabilities row-major, as decoding
+    /// computes them, so they need no transposition.
+    ///
+    /// # Shapes
+    /// `p: [rows, p_row_stride]`, value row `j` at `v[j * v_row_stride..][..head_dim]`,
+    /// `o: [rows, head_dim]` with `rows = o.len() / head_dim`. Short slices shrink
+    /// `rows` and `cols` to what fits, and `cols` is at most `p_row_stride`.
+    #[allow(clippy::too_many_arguments)]
+    fn pv_rows(
+        self,
+        p: &[f32],
+        p_row_stride: usize,
+        v: Rows<'_>,
+        v_row_stride: usize,
+        cols: usize,
+        head_dim: usize,
+        o: &mut [f32],
+    ) {
+        match_rows!(v, |v| portable::pv_rows_by_axpy(
+            self,
+            p,
+            p_row_stride,
+            v,
+            v_row_stride,
+            cols,
+            head_dim,
+            o
+        ))
+    }
 }
 
 /// Returns how many rows of a strided `[rows, head_dim]` slice of `len` elements fit,
@@ -446,6 +477,25 @@ fn qk_tile_cols(
         return 0;
     }
     strided_rows(k.len(), k_row_stride, cols.min(TILE_KV), head_dim).min(st.len() / TILE_Q)
+}
+
+/// Returns `(rows, cols)` that fit every slice of [`Simd::pv_rows`].
+#[inline]
+fn pv_rows_shape<T>(
+    p: &[f32],
+    p_row_stride: usize,
+    v: &[T],
+    v_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    o: &[f32],
+) -> (usize, usize) {
+    if head_dim == 0 {
+        return (0, 0);
+    }
+    let cols = strided_rows(v.len(), v_row_stride, cols.min(p_row_stride), head_dim);
+    let rows = strided_rows(p.len(), p_row_stride, o.len() / head_dim, cols);
+    (rows, cols)
 }
 
 /// Returns `(rows, cols)` that fit every slice of a pv tile.

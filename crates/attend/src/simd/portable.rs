@@ -3,8 +3,8 @@
 use half::{bf16, f16};
 
 use super::{
-    pack_v_bf16_cols, pv_tile_bf16_shape, pv_tile_shape, qk_rows_shape, qk_tile_bf16_cols,
-    qk_tile_cols, sealed, softmax_tile_cols, Isa, RowElement, Simd, TILE_Q,
+    pack_v_bf16_cols, pv_rows_shape, pv_tile_bf16_shape, pv_tile_shape, qk_rows_shape,
+    qk_tile_bf16_cols, qk_tile_cols, sealed, softmax_tile_cols, Isa, RowElement, Simd, TILE_Q,
 };
 
 /// The token for plain Rust code; always available.
@@ -165,11 +165,45 @@ pub(super) fn pv_tile_by_axpy<S: Simd, T: RowElement>(
     o: &mut [f32],
 ) {
     let (rows, cols) = pv_tile_shape(pt, v, v_row_stride, cols, head_dim, o);
+    let prob = |row: usize, col: usize| pt[col * TILE_Q + row];
+    axpy_rows(simd, prob, v, v_row_stride, (rows, cols), head_dim, o);
+}
+
+/// Accumulates value rows of any storage type into output rows one [`RowElement::axpy`]
+/// per (row, key), with the shapes of [`Simd::pv_rows`]; the tokens without a blocked
+/// version use it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pv_rows_by_axpy<S: Simd, T: RowElement>(
+    simd: S,
+    p: &[f32],
+    p_row_stride: usize,
+    v: &[T],
+    v_row_stride: usize,
+    cols: usize,
+    head_dim: usize,
+    o: &mut [f32],
+) {
+    let (rows, cols) = pv_rows_shape(p, p_row_stride, v, v_row_stride, cols, head_dim, o);
+    let prob = |row: usize, col: usize| p[row * p_row_stride + col];
+    axpy_rows(simd, prob, v, v_row_stride, (rows, cols), head_dim, o);
+}
+
+/// Runs `o[row] += prob(row, col) * v[col]` for the `(rows, cols)` of `shape`, which
+/// the caller has fitted to the slices.
+fn axpy_rows<S: Simd, T: RowElement>(
+    simd: S,
+    prob: impl Fn(usize, usize) -> f32,
+    v: &[T],
+    v_row_stride: usize,
+    (rows, cols): (usize, usize),
+    head_dim: usize,
+    o: &mut [f32],
+) {
     for row in 0..rows {
         let o_row = &mut o[row * head_dim..][..head_dim];
         for col in 0..cols {
             let v_row = &v[col * v_row_stride..][..head_dim];
-            T::axpy(simd, pt[col * TILE_Q + row], v_row, o_row);
+            T::axpy(simd, prob(row, col), v_row, o_row);
         }
     }
 }

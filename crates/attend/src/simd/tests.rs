@@ -135,10 +135,35 @@ impl SimdOp for TilePrimitives {
                         let v = values(cols * row_stride, 5);
                         let v_f16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
                         let v_bf16: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+                        // The same probabilities row-major, rows `cols + 2` apart.
+                        let p_row_stride = cols + 2;
+                        let mut p = vec![f32::NAN; rows * p_row_stride];
+                        for r in 0..rows {
+                            for j in 0..cols {
+                                p[r * p_row_stride + j] = st[j * TILE_Q + r];
+                            }
+                        }
                         for v in [Rows::F32(&v), Rows::F16(&v_f16), Rows::Bf16(&v_bf16)] {
                             let mut o = values(rows * head_dim, 6);
                             simd.pv_tile(&st, v, row_stride, cols, head_dim, &mut o);
                             results.extend(&o);
+
+                            // Both layouts run the same products in the same order.
+                            let mut o_rows = values(rows * head_dim, 6);
+                            simd.pv_rows(
+                                &p,
+                                p_row_stride,
+                                v,
+                                row_stride,
+                                cols,
+                                head_dim,
+                                &mut o_rows,
+                            );
+                            let same = o
+                                .iter()
+                                .zip(&o_rows)
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(same, "pv_rows differs from pv_tile: rows {rows}, cols {cols}, head_dim {head_dim}");
                         }
 
                         // The same product with P rounded to bf16 and bf16 values in
@@ -211,6 +236,51 @@ fn assert_close(isa: Isa, got: &[f32], expected: &[f32]) {
             (x - y).abs() <= tolerance,
             "{isa:?} result {i}: {x} vs portable {y}"
         );
+    }
+}
+
+/// Scores a few query rows against keys at the head dims whose products have unrolled
+/// copies, next to a neighbour without one.
+struct UnrolledScores;
+
+impl SimdOp for UnrolledScores {
+    type Output = Vec<f32>;
+
+    fn run<S: Simd>(self, simd: S) -> Vec<f32> {
+        let mut results = Vec::new();
+        for head_dim in [64, 128, 256, 272] {
+            let (cols, row_stride) = (37, head_dim + 16);
+            let k = values(cols * row_stride, 4);
+            let k_f16: Vec<f16> = k.iter().map(|&x| f16::from_f32(x)).collect();
+            let k_bf16: Vec<bf16> = k.iter().map(|&x| bf16::from_f32(x)).collect();
+            for rows in [1, 2, 3, 4, 7] {
+                let q = values(rows * head_dim, 7);
+                for k in [Rows::F32(&k), Rows::F16(&k_f16), Rows::Bf16(&k_bf16)] {
+                    let mut s = vec![0.0; rows * TILE_KV];
+                    simd.qk_rows(&q, k, row_stride, cols, head_dim, 0.125, &mut s, TILE_KV);
+                    results.extend(&s);
+                }
+            }
+        }
+        results
+    }
+}
+
+#[test]
+fn unrolled_scores_match_portable() {
+    let expected = dispatch(Isa::Portable, UnrolledScores).unwrap();
+    for isa in available_isas() {
+        let got = dispatch(isa, UnrolledScores).unwrap();
+        assert_eq!(got.len(), expected.len());
+        for (i, (&x, &y)) in got.iter().zip(&expected).enumerate() {
+            // A score sums up to 272 products of magnitude <= 1 scaled by 0.125, so the
+            // rounding error of a different summation order is bounded by the terms,
+            // not by the (possibly cancelled) result.
+            assert!(
+                (x - y).abs() <= 1e-4,
+                "{isa:?} score {i}: {x} vs portable {y}"
+            );
+        }
     }
 }
 
