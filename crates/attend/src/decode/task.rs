@@ -94,13 +94,12 @@ pub(crate) fn run_split<S: Simd>(
         while tile_start < to {
             let tile_end = (tile_start + TILE_TOKENS).min(to);
             let tile = slice_chunk(&run.chunk, tile_start, tile_end, dims);
-            let ahead = slice_chunk(
-                &run.chunk,
-                tile_start,
-                (tile_end + PREFETCH_AHEAD).min(to),
-                dims,
-            );
-            attend_tile(simd, dims, plan, &tile, &ahead, &mut state, &mut scratch);
+            let ahead = Lookahead {
+                plan,
+                tile_start: run.start + tile_start,
+                end,
+            };
+            attend_tile(simd, dims, plan, &tile, ahead, &mut state, &mut scratch);
             tile_start = tile_end;
         }
     }
@@ -129,27 +128,63 @@ fn slice_chunk<'a>(chunk: &KvChunk<'a>, from: usize, to: usize, dims: &Dims) -> 
     }
 }
 
-/// Prefetches share `part` of `parts` of the rows of tokens `token..token + SUB_TOKENS`
-/// (and of their int8 scales), clipped to the tokens present. Spreading a sub-block's
-/// cache lines over its product calls measured faster than prefetching a whole tile at
-/// once.
-fn prefetch_part(rows: &KvRows, token: usize, part: usize, parts: usize, dims: &Dims) {
-    let row_len = dims.n_kv_heads * dims.head_dim;
-    let part_range = |tokens: usize, per_token: usize| {
-        let from = token.min(tokens) * per_token;
-        let to = (token + SUB_TOKENS).min(tokens) * per_token;
-        let step = (to - from).div_ceil(parts);
-        let start = (from + part * step).min(to);
-        start..(start + step).min(to)
-    };
-    match *rows {
-        KvRows::F32(x) => simd::prefetch(&x[part_range(x.len() / row_len, row_len)]),
-        KvRows::F16(x) => simd::prefetch(&x[part_range(x.len() / row_len, row_len)]),
-        KvRows::Bf16(x) => simd::prefetch(&x[part_range(x.len() / row_len, row_len)]),
-        KvRows::Int8 { values, scales } => {
-            simd::prefetch(&values[part_range(values.len() / row_len, row_len)]);
-            let heads = dims.n_kv_heads;
-            simd::prefetch(&scales[part_range(scales.len() / heads, heads)]);
+/// The position of a tile in its task, used to prefetch the rows that follow it in view
+/// order, also when they are in another run (the next block of a paged cache).
+#[derive(Clone, Copy)]
+struct Lookahead<'p, 'a> {
+    plan: &'p SeqPlan<'a>,
+    /// View index of the tile's first token.
+    tile_start: usize,
+    /// End of the task's tokens in the view; nothing at or past it is prefetched.
+    end: usize,
+}
+
+impl Lookahead<'_, '_> {
+    /// Prefetches share `part` of `parts` of the sub-block [`PREFETCH_AHEAD`] tokens
+    /// after the tile's sub-block `sub`: its K or V rows, as `side` picks them from a
+    /// chunk, and their int8 scales. The sub-block is clipped to the task and to the run
+    /// that contains its first token.
+    /// Spreading a sub-block's cache lines over its product calls measured faster than
+    /// prefetching a whole tile at once.
+    fn prefetch(
+        self,
+        sub: usize,
+        side: for<'c> fn(&KvChunk<'c>) -> KvRows<'c>,
+        part: usize,
+        parts: usize,
+        dims: &Dims,
+    ) {
+        let token = self.tile_start + sub + PREFETCH_AHEAD;
+        if token >= self.end {
+            return;
+        }
+        let runs = &self.plan.runs;
+        let index = runs.partition_point(|run| run.start + run.chunk.len() <= token);
+        let Some(run) = runs.get(index) else {
+            return;
+        };
+        let from = token - run.start;
+        let to = (from + SUB_TOKENS)
+            .min(run.chunk.len())
+            .min(self.end - run.start);
+        let rows = side(&run.chunk);
+
+        // Share `part` of the elements of tokens from..to, `per_token` elements each.
+        let share = |per_token: usize| {
+            let (first, last) = (from * per_token, to * per_token);
+            let step = (last - first).div_ceil(parts);
+            let start = (first + part * step).min(last);
+            start..(start + step).min(last)
+        };
+        let row_len = dims.n_kv_heads * dims.head_dim;
+        match rows {
+            KvRows::F32(x) => simd::prefetch(&x[share(row_len)]),
+            KvRows::F16(x) => simd::prefetch(&x[share(row_len)]),
+            KvRows::Bf16(x) => simd::prefetch(&x[share(row_len)]),
+            KvRows::Int8 { values, scales } => {
+                simd::prefetch(&values[share(row_len)]);
+                simd::prefetch(&scales[share(dims.n_kv_heads)]);
+            }
         }
     }
 }
@@ -218,7 +253,7 @@ fn attend_tile<S: Simd>(
     dims: &Dims,
     plan: &SeqPlan,
     tile: &KvChunk,
-    ahead: &KvChunk,
+    ahead: Lookahead,
     state: &mut Partial,
     scratch: &mut Scratch,
 ) {
@@ -252,7 +287,7 @@ fn attend_tile<S: Simd>(
     for sub in (0..tile_len).step_by(SUB_TOKENS) {
         let sub_len = (tile_len - sub).min(SUB_TOKENS);
         for kv_head in 0..n_kv_heads {
-            prefetch_part(&ahead.k, sub + PREFETCH_AHEAD, kv_head, n_kv_heads, dims);
+            ahead.prefetch(sub, |chunk| chunk.k, kv_head, n_kv_heads, dims);
             let group = kv_head * group_rows..(kv_head + 1) * group_rows;
             let q = &plan.q_rows[group.start * head_dim..group.end * head_dim];
             let s = &mut scores[group.start * TILE_TOKENS + sub..group.end * TILE_TOKENS];
@@ -315,7 +350,7 @@ fn attend_tile<S: Simd>(
     for sub in (0..tile_len).step_by(SUB_TOKENS) {
         let sub_len = (tile_len - sub).min(SUB_TOKENS);
         for kv_head in 0..n_kv_heads {
-            prefetch_part(&ahead.v, sub + PREFETCH_AHEAD, kv_head, n_kv_heads, dims);
+            ahead.prefetch(sub, |chunk| chunk.v, kv_head, n_kv_heads, dims);
             let group = kv_head * group_rows..(kv_head + 1) * group_rows;
             let p = &scores[group.start * TILE_TOKENS + sub..group.end * TILE_TOKENS];
             let o = &mut state.acc[group.start * head_dim..group.end * head_dim];
