@@ -271,6 +271,34 @@ fn stop_string_ends_text() {
 }
 
 #[test]
+fn stop_on_first_token_has_no_decode_rate() {
+    // Greedy decoding starts with " the", so the stop string ends generation
+    // before any sampled token is fed back, so no decode step ran to be timed.
+    let json = greedy_colors(SMOLLM2, &["--stop", "the"]);
+    assert_eq!(json["stop_reason"], "stop_string");
+    assert_eq!(json["tokens"].as_array().unwrap().len(), 1);
+    assert!(json["decode_tokens_per_s"].is_null(), "{json}");
+    assert!(json["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+
+    let output = attend(&[
+        "generate",
+        "--model",
+        &model(SMOLLM2),
+        "--temperature",
+        "0",
+        "--ctx",
+        "64",
+        "--stop",
+        "the",
+        COLORS_PROMPT,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("decode: 1 tokens, no rate"), "{stderr}");
+    assert!(!stderr.contains("0.0 tokens/s"), "{stderr}");
+}
+
+#[test]
 fn full_context_is_stop_reason() {
     let json = greedy_colors(SMOLLM2, &["--ctx", "12"]);
     assert_eq!(json["stop_reason"], "context_full");
