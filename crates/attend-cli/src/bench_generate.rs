@@ -38,7 +38,7 @@ pub struct BenchGenerateArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Print one JSON object.
+    /// Print one JSON object; `decode_tokens_per_s` is null for `--gen-tokens 0`.
     #[arg(long)]
     pub json: bool,
     /// Hide the progress bar.
@@ -103,11 +103,9 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
     let decode_s = start.elapsed().as_secs_f64();
 
     let prefill_tps = args.prompt_tokens as f64 / prefill_s;
-    let decode_tps = if args.gen_tokens > 0 {
-        args.gen_tokens as f64 / decode_s
-    } else {
-        0.0
-    };
+    // `--gen-tokens 0` times no decode step, so there is no rate to report.
+    let decode_tps = (args.gen_tokens > 0).then(|| args.gen_tokens as f64 / decode_s);
+    let decode_rate = decode_tps.map_or("no rate".to_string(), |tps| format!("{tps:.1} tokens/s"));
     let mut stdout = std::io::stdout().lock();
     if args.json {
         writeln!(
@@ -127,7 +125,7 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
     } else {
         writeln!(
             stdout,
-            "{}: pp{} @ depth {}: {:.1} tokens/s | tg{}: {:.1} tokens/s | {} threads",
+            "{}: pp{} @ depth {}: {:.1} tokens/s | tg{}: {decode_rate} | {} threads",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -135,7 +133,6 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
             args.depth,
             prefill_tps,
             args.gen_tokens,
-            decode_tps,
             rayon::current_num_threads()
         )
     }

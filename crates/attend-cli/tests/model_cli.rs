@@ -295,7 +295,31 @@ fn stop_on_first_token_has_no_decode_rate() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("decode: 1 tokens, no rate"), "{stderr}");
-    assert!(!stderr.contains("0.0 tokens/s"), "{stderr}");
+}
+
+#[test]
+fn bench_generate_without_decode_has_no_rate() {
+    let model = model(SMOLLM2);
+    let args = [
+        "bench",
+        "generate",
+        "--model",
+        &model,
+        "--prompt-tokens",
+        "4",
+    ];
+    let mut json_args = args.to_vec();
+    json_args.extend_from_slice(&["--gen-tokens", "0", "--quiet", "--json"]);
+    let json = attend_json(&json_args);
+    assert!(json["decode_tokens_per_s"].is_null(), "{json}");
+    assert!(json["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+
+    let mut text_args = args.to_vec();
+    text_args.extend_from_slice(&["--gen-tokens", "0", "--quiet"]);
+    let output = attend(&text_args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("tg0: no rate"), "{stdout}");
 }
 
 #[test]
