@@ -11,7 +11,9 @@ use attend_models::Logits;
 
 use attend_models::quant::Activations;
 
-use crate::common::{init_threads, load_engine, resolve_model, write_error, SMOLLM2_FILE};
+use crate::common::{
+    check_at_least_one, init_threads, load_engine, resolve_model, write_error, SMOLLM2_FILE,
+};
 
 /// Options of `attend bench generate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,9 +51,7 @@ pub struct BenchGenerateArgs {
 /// Runs `attend bench generate`. Token ids are fixed pseudo-random ids, so no
 /// tokenizer or sampling time is counted beyond the argmax of each step.
 pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
-    if args.prompt_tokens == 0 {
-        return Err("--prompt-tokens 0 is invalid; pass at least 1".into());
-    }
+    check_at_least_one(&[("--prompt-tokens", args.prompt_tokens)])?;
     init_threads(args.threads)?;
     let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
     let engine = load_engine(&path, args.quiet, args.activations)?;

@@ -93,6 +93,15 @@ pub fn model_error(path: &Path, err: &ModelError) -> String {
     format!("{}: {err}{hint}", path.display())
 }
 
+/// Checks that every `(option, value)` pair is at least 1, naming the first
+/// option that is 0.
+pub fn check_at_least_one(options: &[(&str, usize)]) -> Result<(), String> {
+    match options.iter().find(|(_, value)| *value == 0) {
+        Some((name, _)) => Err(format!("{name} 0 is invalid; pass at least 1")),
+        None => Ok(()),
+    }
+}
+
 /// Maximum number of worker threads a command accepts. It is far above any core
 /// count these kernels scale to, yet low enough that a mistyped value cannot start
 /// threads until the machine runs out.

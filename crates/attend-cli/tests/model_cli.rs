@@ -665,6 +665,28 @@ fn threads_beyond_the_bound() {
 }
 
 #[test]
+fn bench_attention_rejects_zero_sizes() {
+    let sizes = [
+        ("--seq-len", "8"),
+        ("--kv-len", "8"),
+        ("--batch", "1"),
+        ("--heads", "2"),
+        ("--kv-heads", "2"),
+        ("--head-dim", "8"),
+    ];
+    for (zero_option, _) in sizes {
+        let mut args = vec!["bench", "attention"];
+        for (option, value) in sizes {
+            args.push(option);
+            args.push(if option == zero_option { "0" } else { value });
+        }
+        let output = attend(&args);
+        let message = format!("{zero_option} 0 is invalid");
+        assert_one_line_error(&output, &[&message, "at least 1"]);
+    }
+}
+
+#[test]
 fn negative_temperature() {
     let output = attend(&["generate", "--temperature", "-1", "hi"]);
     assert_one_line_error(&output, &["temperature -1", ">= 0"]);
