@@ -12,24 +12,39 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// The file name of the default generation model in the model folder.
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The model folder: `$ATTEND_MODELS`, else `~/.cache/attend/models`.
-pub fn models_dir() -> PathBuf {
+/// Returns the model folder: `$ATTEND_MODELS` as given, else
+/// `$HOME/.cache/attend/models`.
+///
+/// # Errors
+/// A one-line message naming `ATTEND_MODELS` when it is unset and `HOME` is
+/// unset or relative, because the default folder would then depend on the
+/// working directory.
+pub fn models_dir() -> Result<PathBuf, String> {
     // An empty value counts as unset, as shells leave `ATTEND_MODELS=` behind.
     if let Some(dir) = std::env::var_os("ATTEND_MODELS").filter(|dir| !dir.is_empty()) {
-        return PathBuf::from(dir);
+        return Ok(PathBuf::from(dir));
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".cache").join("attend").join("models")
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let problem = match home {
+        Some(home) if home.is_absolute() => {
+            return Ok(home.join(".cache").join("attend").join("models"));
+        }
+        Some(home) if !home.as_os_str().is_empty() => {
+            format!("HOME={} is not an absolute path", home.display())
+        }
+        _ => "HOME is unset or empty".to_string(),
+    };
+    Err(format!(
+        "cannot locate the default model folder: {problem}; set ATTEND_MODELS to the folder that holds the models, or pass --model"
+    ))
 }
 
 /// Returns `model`, or the default file `default_name` in the model folder; a
 /// missing default names the command that fetches it.
 ///
 /// # Errors
-/// The errors of [`check_model_file`], and a one-line message naming
-/// `scripts/fetch-models.sh` when the default file is missing.
+/// The errors of [`check_model_file`] and [`models_dir`], and a one-line
+/// message naming `scripts/fetch-models.sh` when the default file is missing.
 pub fn resolve_model(
     model: Option<&Path>,
     default_name: &str,
@@ -39,7 +54,7 @@ pub fn resolve_model(
         check_model_file(path)?;
         return Ok(path.to_path_buf());
     }
-    let path = models_dir().join(default_name);
+    let path = models_dir()?.join(default_name);
     if !path.is_file() {
         return Err(format!(
             "default model {} not found; fetch it with `scripts/fetch-models.sh {fetch_arg}` or pass --model FILE",

@@ -2,8 +2,8 @@
 //! runs them against the real GGUF models. The tests check greedy output
 //! against llama.cpp's, the JSON fields, the KV cache size against `kv-plan`
 //! and tokenizer ids against the fixtures, and expect one-line errors with a
-//! non-zero exit for bad input. The
-//! models live in `$ATTEND_MODELS` (default `~/.cache/attend/models`);
+//! non-zero exit for bad input, to the bench commands too. The models live in
+//! `$ATTEND_MODELS` (default `$HOME/.cache/attend/models`);
 //! `scripts/fetch-models.sh` fetches them.
 
 use std::io::{Read, Write};
@@ -273,7 +273,7 @@ fn stop_string_ends_text() {
 #[test]
 fn stop_on_first_token_has_no_decode_rate() {
     // Greedy decoding starts with " the", so the stop string ends generation
-    // before any sampled token is fed back, so no decode step ran to be timed.
+    // before any sampled token is fed back and no decode step is timed.
     let json = greedy_colors(SMOLLM2, &["--stop", "the"]);
     assert_eq!(json["stop_reason"], "stop_string");
     assert_eq!(json["tokens"].as_array().unwrap().len(), 1);
@@ -763,4 +763,59 @@ fn empty_models_dir_names_fetch_script() {
             .unwrap();
         assert_one_line_error(&output, &["scripts/fetch-models.sh", SMOLLM2]);
     }
+}
+
+/// Runs attend in a scratch folder with `ATTEND_MODELS` removed and `HOME`
+/// set to `home` (`None` removes it too).
+fn attend_with_home(args: &[&str], home: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_attend"));
+    command
+        .args(args)
+        .current_dir(scratch_dir("home_cwd"))
+        .env_remove("ATTEND_MODELS")
+        .stdin(Stdio::null());
+    match home {
+        Some(home) => command.env("HOME", home),
+        None => command.env_remove("HOME"),
+    };
+    command.output().unwrap()
+}
+
+#[test]
+fn default_models_dir_needs_absolute_home() {
+    let cases: [&[&str]; 3] = [
+        &["generate", "hi"],
+        &["embed", "hi"],
+        &["bench", "generate"],
+    ];
+    for args in cases {
+        let output = attend_with_home(args, None);
+        assert_one_line_error(&output, &["HOME is unset", "ATTEND_MODELS", "--model"]);
+
+        let output = attend_with_home(args, Some(""));
+        assert_one_line_error(&output, &["HOME is unset or empty", "ATTEND_MODELS"]);
+
+        let output = attend_with_home(args, Some("relative/home"));
+        assert_one_line_error(
+            &output,
+            &[
+                "HOME=relative/home is not an absolute path",
+                "ATTEND_MODELS",
+            ],
+        );
+    }
+}
+
+#[test]
+fn models_override_works_without_home() {
+    model(SMOLLM2);
+    let output = Command::new(env!("CARGO_BIN_EXE_attend"))
+        .args(["tokenize", "hi"])
+        .env("ATTEND_MODELS", models_dir())
+        .env_remove("HOME")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!output.stdout.is_empty(), "no token ids printed");
 }
