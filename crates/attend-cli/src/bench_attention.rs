@@ -115,8 +115,7 @@ pub struct BenchAttentionArgs {
     /// Storage type of q, k and v.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     dtype: DTypeArg,
-    /// Worker threads (default: the rayon default, one per CPU).
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     threads: Option<usize>,
     /// Instruction set.
     #[arg(long, value_enum, default_value_t = IsaArg::Auto)]

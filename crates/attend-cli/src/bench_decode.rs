@@ -44,8 +44,7 @@ pub struct BenchDecodeArgs {
     /// New query tokens per sequence.
     #[arg(long, default_value_t = 1)]
     pub q_len: usize,
-    /// Worker threads; the default is rayon's (one per logical CPU).
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     pub threads: Option<usize>,
     /// Timed runs of each of the kernel and the copy; the median is reported.
     #[arg(long, default_value_t = 15)]

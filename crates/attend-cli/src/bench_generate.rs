@@ -37,8 +37,7 @@ pub struct BenchGenerateArgs {
     /// (dequantised weights, f32 products: slower, closer to an f32 reference).
     #[arg(long, default_value = "q8")]
     pub activations: Activations,
-    /// Worker threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     pub threads: Option<usize>,
     /// Print one JSON object; `decode_tokens_per_s` is null for `--gen-tokens 0`.
     #[arg(long)]

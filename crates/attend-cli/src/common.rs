@@ -117,6 +117,11 @@ pub fn check_at_least_one(options: &[(&str, usize)]) -> Result<(), String> {
     }
 }
 
+/// Help text of every `--threads` option. Without the option a command runs
+/// on rayon's default pool size, which this text states.
+pub const THREADS_HELP: &str =
+    "Worker threads [default: $RAYON_NUM_THREADS, else one per available logical CPU]";
+
 /// Maximum number of worker threads a command accepts. It is far above any core
 /// count these kernels scale to, yet low enough that a mistyped value cannot start
 /// threads until the machine runs out.
@@ -138,7 +143,8 @@ pub fn check_threads(threads: Option<usize>) -> Result<(), String> {
     }
 }
 
-/// Sizes rayon's global pool; `None` keeps one thread per available core.
+/// Sizes rayon's global pool; `None` keeps rayon's default size, as
+/// [`THREADS_HELP`] states it.
 pub fn init_threads(threads: Option<usize>) -> Result<(), String> {
     check_threads(threads)?;
     if let Some(n) = threads {
@@ -150,8 +156,8 @@ pub fn init_threads(threads: Option<usize>) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds a pool of `threads` workers (`None`: one per available core) for a
-/// benchmark that runs inside it.
+/// Builds a pool of `threads` workers for a benchmark that runs inside it;
+/// `None` gives rayon's default size, as [`THREADS_HELP`] states it.
 pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool, String> {
     check_threads(threads)?;
     let mut builder = rayon::ThreadPoolBuilder::new();

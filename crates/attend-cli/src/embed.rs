@@ -65,8 +65,7 @@ pub struct BenchEmbedArgs {
     /// Tokens per sentence, [CLS] and [SEP] included.
     #[arg(long, default_value_t = 128)]
     pub tokens: usize,
-    /// Worker threads [default: one per CPU].
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     pub threads: Option<usize>,
     /// Print one JSON object with `sentences_per_s` instead of text.
     #[arg(long)]

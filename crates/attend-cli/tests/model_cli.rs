@@ -819,3 +819,81 @@ fn models_override_works_without_home() {
     assert!(output.status.success(), "{stderr}");
     assert!(!output.stdout.is_empty(), "no token ids printed");
 }
+
+/// Returns the help text of a command's `--threads` option.
+fn threads_help(command: &str) -> String {
+    let mut args: Vec<&str> = command.split(' ').collect();
+    args.push("--help");
+    let output = attend(&args);
+    assert!(output.status.success(), "{command} --help failed");
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    let lines: Vec<&str> = help.lines().map(str::trim).collect();
+    let index = lines
+        .iter()
+        .position(|line| line.starts_with("--threads"))
+        .unwrap_or_else(|| panic!("{command} --help has no --threads: {help}"));
+    // clap puts the text beside the option, or on the next line when the
+    // command's help is wide.
+    let text = lines[index]
+        .trim_start_matches("--threads <THREADS>")
+        .trim();
+    if text.is_empty() {
+        lines[index + 1].to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+#[test]
+fn threads_help_is_the_same_everywhere() {
+    let expected =
+        "Worker threads [default: $RAYON_NUM_THREADS, else one per available logical CPU]";
+    for command in [
+        "bench generate",
+        "bench decode",
+        "bench attention",
+        "bench embed",
+        "bench matmul",
+        "bench machine",
+        "generate",
+        "chat",
+        "perplexity",
+    ] {
+        assert_eq!(threads_help(command), expected, "{command}");
+    }
+}
+
+#[test]
+fn bench_default_threads_follow_rayon() {
+    let smollm2 = model(SMOLLM2);
+    let minilm = models_dir().join("all-MiniLM-L6-v2");
+    let minilm = minilm.to_str().unwrap();
+    let attention = "attention --seq-len 8 --heads 1 --head-dim 8 --min-time-ms 0 --min-runs 1";
+    let decode = "decode --kv-len 8 --heads 1 --kv-heads 1 --head-dim 8 --runs 1";
+    let generate = format!("generate --model {smollm2} --prompt-tokens 1 --gen-tokens 0 --quiet");
+    let embed = format!("embed --model {minilm} --batch 1 --tokens 2");
+    let matmul = "matmul --type q4_0 --rows 8 --cols 32 --working-set-mib 1 --seconds 0.01";
+    let machine = "machine --gemm-size 8 --copy-mib 1 --seconds 0.01";
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    for command in [attention, decode, &generate, &embed, matmul, machine] {
+        let mut args = vec!["bench"];
+        args.extend(command.split(' '));
+        args.push("--json");
+        for (rayon_threads, expected) in [(None, cores), (Some("1"), 1)] {
+            let mut run = Command::new(env!("CARGO_BIN_EXE_attend"));
+            run.args(&args);
+            match rayon_threads {
+                Some(value) => run.env("RAYON_NUM_THREADS", value),
+                None => run.env_remove("RAYON_NUM_THREADS"),
+            };
+            let output = run.output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{command}: {stderr}");
+            let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(
+                json["threads"], expected,
+                "{command} with {rayon_threads:?}"
+            );
+        }
+    }
+}
