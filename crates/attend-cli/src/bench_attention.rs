@@ -115,8 +115,7 @@ pub struct BenchAttentionArgs {
     /// Storage type of q, k and v.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     dtype: DTypeArg,
-    /// Worker threads (default: the rayon default, one per CPU).
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     threads: Option<usize>,
     /// Instruction set.
     #[arg(long, value_enum, default_value_t = IsaArg::Auto)]
@@ -143,12 +142,26 @@ pub struct BenchAttentionArgs {
 
 /// Runs the benchmark and prints its result.
 pub fn run(args: &BenchAttentionArgs, allocator: &CountingAllocator) -> Result<(), String> {
+    validate(args)?;
     let pool = crate::common::thread_pool(args.threads)?;
     pool.install(|| match args.dtype {
         DTypeArg::F32 => run_typed::<f32>(args, allocator),
         DTypeArg::F16 => run_typed::<f16>(args, allocator),
         DTypeArg::Bf16 => run_typed::<bf16>(args, allocator),
     })
+}
+
+/// Rejects zero sizes by option name; a zero length or batch would otherwise
+/// time an empty call and report 0 GFLOP/s.
+fn validate(args: &BenchAttentionArgs) -> Result<(), String> {
+    crate::common::check_at_least_one(&[
+        ("--seq-len", args.seq_len),
+        ("--kv-len", args.kv_len.unwrap_or(args.seq_len)),
+        ("--batch", args.batch),
+        ("--heads", args.heads),
+        ("--kv-heads", args.kv_heads.unwrap_or(args.heads)),
+        ("--head-dim", args.head_dim),
+    ])
 }
 
 fn isa_of(arg: IsaArg) -> Isa {

@@ -44,8 +44,7 @@ pub struct BenchDecodeArgs {
     /// New query tokens per sequence.
     #[arg(long, default_value_t = 1)]
     pub q_len: usize,
-    /// Worker threads; the default is rayon's (one per logical CPU).
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     pub threads: Option<usize>,
     /// Timed runs of each of the kernel and the copy; the median is reported.
     #[arg(long, default_value_t = 15)]
@@ -91,7 +90,7 @@ pub fn run(args: &BenchDecodeArgs) -> Result<(), String> {
 }
 
 fn validate(args: &BenchDecodeArgs) -> Result<(), String> {
-    let positive = [
+    crate::common::check_at_least_one(&[
         ("--kv-len", args.kv_len),
         ("--heads", args.heads),
         ("--kv-heads", args.kv_heads),
@@ -100,12 +99,7 @@ fn validate(args: &BenchDecodeArgs) -> Result<(), String> {
         ("--batch", args.batch),
         ("--q-len", args.q_len),
         ("--runs", args.runs),
-    ];
-    for (name, value) in positive {
-        if value == 0 {
-            return Err(format!("{name} is 0; it must be at least 1"));
-        }
-    }
+    ])?;
     crate::common::check_threads(args.threads)?;
     if !args.heads.is_multiple_of(args.kv_heads) {
         return Err(format!(
@@ -330,7 +324,7 @@ mod tests {
         let args = parse(&["--runs", "0"]);
         assert_eq!(
             validate(&args).unwrap_err(),
-            "--runs is 0; it must be at least 1"
+            "--runs 0 is invalid; pass at least 1"
         );
         let args = parse(&["--threads", "0"]);
         assert!(validate(&args).unwrap_err().contains("--threads"));

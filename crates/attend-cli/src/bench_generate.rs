@@ -11,7 +11,9 @@ use attend_models::Logits;
 
 use attend_models::quant::Activations;
 
-use crate::common::{init_threads, load_engine, resolve_model, write_error, SMOLLM2_FILE};
+use crate::common::{
+    check_at_least_one, init_threads, load_engine, resolve_model, write_error, SMOLLM2_FILE,
+};
 
 /// Options of `attend bench generate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,10 +37,9 @@ pub struct BenchGenerateArgs {
     /// (dequantised weights, f32 products: slower, closer to an f32 reference).
     #[arg(long, default_value = "q8")]
     pub activations: Activations,
-    /// Worker threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     pub threads: Option<usize>,
-    /// Print one JSON object.
+    /// Print one JSON object; `decode_tokens_per_s` is null for `--gen-tokens 0`.
     #[arg(long)]
     pub json: bool,
     /// Hide the progress bar.
@@ -49,9 +50,7 @@ pub struct BenchGenerateArgs {
 /// Runs `attend bench generate`. Token ids are fixed pseudo-random ids, so no
 /// tokenizer or sampling time is counted beyond the argmax of each step.
 pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
-    if args.prompt_tokens == 0 {
-        return Err("--prompt-tokens 0 is invalid; pass at least 1".into());
-    }
+    check_at_least_one(&[("--prompt-tokens", args.prompt_tokens)])?;
     init_threads(args.threads)?;
     let path = resolve_model(args.model.as_deref(), SMOLLM2_FILE, "smollm2")?;
     let engine = load_engine(&path, args.quiet, args.activations)?;
@@ -103,11 +102,9 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
     let decode_s = start.elapsed().as_secs_f64();
 
     let prefill_tps = args.prompt_tokens as f64 / prefill_s;
-    let decode_tps = if args.gen_tokens > 0 {
-        args.gen_tokens as f64 / decode_s
-    } else {
-        0.0
-    };
+    // `--gen-tokens 0` times no decode step, so there is no rate to report.
+    let decode_tps = (args.gen_tokens > 0).then(|| args.gen_tokens as f64 / decode_s);
+    let decode_rate = decode_tps.map_or("no rate".to_string(), |tps| format!("{tps:.1} tokens/s"));
     let mut stdout = std::io::stdout().lock();
     if args.json {
         writeln!(
@@ -127,7 +124,7 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
     } else {
         writeln!(
             stdout,
-            "{}: pp{} @ depth {}: {:.1} tokens/s | tg{}: {:.1} tokens/s | {} threads",
+            "{}: pp{} @ depth {}: {:.1} tokens/s | tg{}: {decode_rate} | {} threads",
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -135,7 +132,6 @@ pub fn run(args: &BenchGenerateArgs) -> Result<(), String> {
             args.depth,
             prefill_tps,
             args.gen_tokens,
-            decode_tps,
             rayon::current_num_threads()
         )
     }

@@ -20,8 +20,7 @@ pub struct BenchMachineArgs {
     /// Seconds each of the two measurements repeats for (at least 3 runs each).
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
-    /// Worker threads (default: one per CPU).
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     pub threads: Option<usize>,
     /// Print one JSON object with `gemm_gflops` and `copy_gb_per_s`.
     #[arg(long)]

@@ -23,8 +23,7 @@ pub struct BenchMatmulArgs {
     /// Tokens multiplied at once: 1 for decode, the prompt length for prefill.
     #[arg(long, default_value_t = 1)]
     pub tokens: usize,
-    /// Threads in the rayon pool (default: all cores).
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     pub threads: Option<usize>,
     /// Bytes of weight copies the product cycles through, and of the copy
     /// baseline's source, in MiB; larger than the last-level cache, so that

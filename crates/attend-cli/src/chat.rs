@@ -260,7 +260,7 @@ mod tests {
     use attend_models::sampling::{argmax, SamplingParams};
 
     fn engine(file: &str) -> Engine {
-        let path = models_dir().join(file);
+        let path = models_dir().unwrap().join(file);
         assert!(
             path.is_file(),
             "{} is missing; run scripts/fetch-models.sh",

@@ -12,24 +12,39 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// The file name of the default generation model in the model folder.
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The model folder: `$ATTEND_MODELS`, else `~/.cache/attend/models`.
-pub fn models_dir() -> PathBuf {
+/// Returns the model folder: `$ATTEND_MODELS` as given, else
+/// `$HOME/.cache/attend/models`.
+///
+/// # Errors
+/// A one-line message naming `ATTEND_MODELS` when it is unset and `HOME` is
+/// unset or relative, because the default folder would then depend on the
+/// working directory.
+pub fn models_dir() -> Result<PathBuf, String> {
     // An empty value counts as unset, as shells leave `ATTEND_MODELS=` behind.
     if let Some(dir) = std::env::var_os("ATTEND_MODELS").filter(|dir| !dir.is_empty()) {
-        return PathBuf::from(dir);
+        return Ok(PathBuf::from(dir));
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".cache").join("attend").join("models")
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let problem = match home {
+        Some(home) if home.is_absolute() => {
+            return Ok(home.join(".cache").join("attend").join("models"));
+        }
+        Some(home) if !home.as_os_str().is_empty() => {
+            format!("HOME={} is not an absolute path", home.display())
+        }
+        _ => "HOME is unset or empty".to_string(),
+    };
+    Err(format!(
+        "cannot locate the default model folder: {problem}; set ATTEND_MODELS to the folder that holds the models, or pass --model"
+    ))
 }
 
 /// Returns `model`, or the default file `default_name` in the model folder; a
 /// missing default names the command that fetches it.
 ///
 /// # Errors
-/// The errors of [`check_model_file`], and a one-line message naming
-/// `scripts/fetch-models.sh` when the default file is missing.
+/// The errors of [`check_model_file`] and [`models_dir`], and a one-line
+/// message naming `scripts/fetch-models.sh` when the default file is missing.
 pub fn resolve_model(
     model: Option<&Path>,
     default_name: &str,
@@ -39,7 +54,7 @@ pub fn resolve_model(
         check_model_file(path)?;
         return Ok(path.to_path_buf());
     }
-    let path = models_dir().join(default_name);
+    let path = models_dir()?.join(default_name);
     if !path.is_file() {
         return Err(format!(
             "default model {} not found; fetch it with `scripts/fetch-models.sh {fetch_arg}` or pass --model FILE",
@@ -93,6 +108,20 @@ pub fn model_error(path: &Path, err: &ModelError) -> String {
     format!("{}: {err}{hint}", path.display())
 }
 
+/// Checks that every `(option, value)` pair is at least 1, naming the first
+/// option that is 0.
+pub fn check_at_least_one(options: &[(&str, usize)]) -> Result<(), String> {
+    match options.iter().find(|(_, value)| *value == 0) {
+        Some((name, _)) => Err(format!("{name} 0 is invalid; pass at least 1")),
+        None => Ok(()),
+    }
+}
+
+/// Help text of every `--threads` option. Without the option a command runs
+/// on rayon's default pool size, which this text states.
+pub const THREADS_HELP: &str =
+    "Worker threads [default: $RAYON_NUM_THREADS, else one per available logical CPU]";
+
 /// Maximum number of worker threads a command accepts. It is far above any core
 /// count these kernels scale to, yet low enough that a mistyped value cannot start
 /// threads until the machine runs out.
@@ -114,7 +143,8 @@ pub fn check_threads(threads: Option<usize>) -> Result<(), String> {
     }
 }
 
-/// Sizes rayon's global pool; `None` keeps one thread per available core.
+/// Sizes rayon's global pool; `None` keeps rayon's default size, as
+/// [`THREADS_HELP`] states it.
 pub fn init_threads(threads: Option<usize>) -> Result<(), String> {
     check_threads(threads)?;
     if let Some(n) = threads {
@@ -126,8 +156,8 @@ pub fn init_threads(threads: Option<usize>) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds a pool of `threads` workers (`None`: one per available core) for a
-/// benchmark that runs inside it.
+/// Builds a pool of `threads` workers for a benchmark that runs inside it;
+/// `None` gives rayon's default size, as [`THREADS_HELP`] states it.
 pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool, String> {
     check_threads(threads)?;
     let mut builder = rayon::ThreadPoolBuilder::new();

@@ -65,8 +65,7 @@ pub struct BenchEmbedArgs {
     /// Tokens per sentence, [CLS] and [SEP] included.
     #[arg(long, default_value_t = 128)]
     pub tokens: usize,
-    /// Worker threads [default: one per CPU].
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     pub threads: Option<usize>,
     /// Print one JSON object with `sentences_per_s` instead of text.
     #[arg(long)]
@@ -334,20 +333,6 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Returns the default model folder: `$ATTEND_MODELS/all-MiniLM-L6-v2`, else
-/// `~/.cache/attend/models/all-MiniLM-L6-v2`.
-fn default_model_dir() -> Result<PathBuf, String> {
-    let models = match std::env::var_os("ATTEND_MODELS") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME")
-                .ok_or("HOME is not set; pass --model DIR or set ATTEND_MODELS")?;
-            PathBuf::from(home).join(".cache/attend/models")
-        }
-    };
-    Ok(models.join(DEFAULT_MODEL))
-}
-
 /// Loads the encoder from `model` (or the default folder) and applies `--max-tokens`.
 fn load_encoder(
     model: Option<&Path>,
@@ -356,7 +341,7 @@ fn load_encoder(
     let dir = match model {
         Some(dir) => dir.to_path_buf(),
         None => {
-            let dir = default_model_dir()?;
+            let dir = crate::common::models_dir()?.join(DEFAULT_MODEL);
             if !dir.join("config.json").is_file() {
                 return Err(format!(
                     "{DEFAULT_MODEL} not found in {}; run scripts/fetch-models.sh minilm or pass --model DIR",

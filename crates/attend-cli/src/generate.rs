@@ -30,8 +30,7 @@ pub struct ModelArgs {
     /// (dequantised weights, f32 products: slower, closer to an f32 reference).
     #[arg(long, default_value = "q8")]
     pub activations: Activations,
-    /// Worker threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     pub threads: Option<usize>,
     /// Hide the loading progress bar.
     #[arg(long)]
@@ -109,7 +108,8 @@ pub struct GenerateArgs {
     /// System message for --chat.
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
-    /// Print one JSON object with the ids, text and speeds instead of streaming.
+    /// Print one JSON object with the ids, text and speeds instead of streaming;
+    /// `decode_tokens_per_s` is null when generation stopped before any decode step.
     #[arg(long)]
     pub json: bool,
     /// The prompt. Special tokens written in it (such as `<|im_start|>`) are parsed
@@ -229,12 +229,15 @@ pub(crate) fn check_fits(prompt: &[u32], session: &Session) -> Result<(), String
 /// Prints the speeds and cache size of one generation to stderr, and a note
 /// when the context ran out before the token budget.
 pub(crate) fn print_stats(output: &GenerateOutput, session: &Session, stop_reason: &str) {
+    let decode_rate = match output.decode_tokens_per_s {
+        Some(rate) => format!("{rate:.1} tokens/s"),
+        None => "no rate (stopped before the first decode step)".to_string(),
+    };
     eprintln!(
-        "prefill: {} tokens, {:.1} tokens/s | decode: {} tokens, {:.1} tokens/s | KV cache: {} ({} bytes)",
+        "prefill: {} tokens, {:.1} tokens/s | decode: {} tokens, {decode_rate} | KV cache: {} ({} bytes)",
         output.prompt_tokens.len(),
         output.prefill_tokens_per_s,
         output.tokens.len(),
-        output.decode_tokens_per_s,
         mib(session.kv_bytes()),
         session.kv_bytes()
     );

@@ -25,8 +25,7 @@ pub struct PerplexityArgs {
     /// (dequantised weights, f32 products: slower, closer to an f32 reference).
     #[arg(long, default_value = "q8")]
     pub activations: Activations,
-    /// Worker threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, help = crate::common::THREADS_HELP)]
     pub threads: Option<usize>,
     /// Print `{"ppl": ..., "ppl_stderr": ..., "chunks": ...}`.
     #[arg(long)]

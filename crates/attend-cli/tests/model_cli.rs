@@ -2,8 +2,8 @@
 //! runs them against the real GGUF models. The tests check greedy output
 //! against llama.cpp's, the JSON fields, the KV cache size against `kv-plan`
 //! and tokenizer ids against the fixtures, and expect one-line errors with a
-//! non-zero exit for bad input. The
-//! models live in `$ATTEND_MODELS` (default `~/.cache/attend/models`);
+//! non-zero exit for bad input, to the bench commands too. The models live in
+//! `$ATTEND_MODELS` (default `$HOME/.cache/attend/models`);
 //! `scripts/fetch-models.sh` fetches them.
 
 use std::io::{Read, Write};
@@ -268,6 +268,58 @@ fn stop_string_ends_text() {
     assert_eq!(text, " the primary colors of light: red, ");
     assert_eq!(json["stop_reason"], "stop_string");
     assert_eq!(json["stop_string"], "blue");
+}
+
+#[test]
+fn stop_on_first_token_has_no_decode_rate() {
+    // Greedy decoding starts with " the", so the stop string ends generation
+    // before any sampled token is fed back and no decode step is timed.
+    let json = greedy_colors(SMOLLM2, &["--stop", "the"]);
+    assert_eq!(json["stop_reason"], "stop_string");
+    assert_eq!(json["tokens"].as_array().unwrap().len(), 1);
+    assert!(json["decode_tokens_per_s"].is_null(), "{json}");
+    assert!(json["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+
+    let output = attend(&[
+        "generate",
+        "--model",
+        &model(SMOLLM2),
+        "--temperature",
+        "0",
+        "--ctx",
+        "64",
+        "--stop",
+        "the",
+        COLORS_PROMPT,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("decode: 1 tokens, no rate"), "{stderr}");
+}
+
+#[test]
+fn bench_generate_without_decode_has_no_rate() {
+    let model = model(SMOLLM2);
+    let args = [
+        "bench",
+        "generate",
+        "--model",
+        &model,
+        "--prompt-tokens",
+        "4",
+    ];
+    let mut json_args = args.to_vec();
+    json_args.extend_from_slice(&["--gen-tokens", "0", "--quiet", "--json"]);
+    let json = attend_json(&json_args);
+    assert!(json["decode_tokens_per_s"].is_null(), "{json}");
+    assert!(json["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+
+    let mut text_args = args.to_vec();
+    text_args.extend_from_slice(&["--gen-tokens", "0", "--quiet"]);
+    let output = attend(&text_args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("tg0: no rate"), "{stdout}");
 }
 
 #[test]
@@ -613,6 +665,28 @@ fn threads_beyond_the_bound() {
 }
 
 #[test]
+fn bench_attention_rejects_zero_sizes() {
+    let sizes = [
+        ("--seq-len", "8"),
+        ("--kv-len", "8"),
+        ("--batch", "1"),
+        ("--heads", "2"),
+        ("--kv-heads", "2"),
+        ("--head-dim", "8"),
+    ];
+    for (zero_option, _) in sizes {
+        let mut args = vec!["bench", "attention"];
+        for (option, value) in sizes {
+            args.push(option);
+            args.push(if option == zero_option { "0" } else { value });
+        }
+        let output = attend(&args);
+        let message = format!("{zero_option} 0 is invalid");
+        assert_one_line_error(&output, &[&message, "at least 1"]);
+    }
+}
+
+#[test]
 fn negative_temperature() {
     let output = attend(&["generate", "--temperature", "-1", "hi"]);
     assert_one_line_error(&output, &["temperature -1", ">= 0"]);
@@ -688,5 +762,138 @@ fn empty_models_dir_names_fetch_script() {
             .output()
             .unwrap();
         assert_one_line_error(&output, &["scripts/fetch-models.sh", SMOLLM2]);
+    }
+}
+
+/// Runs attend in a scratch folder with `ATTEND_MODELS` removed and `HOME`
+/// set to `home` (`None` removes it too).
+fn attend_with_home(args: &[&str], home: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_attend"));
+    command
+        .args(args)
+        .current_dir(scratch_dir("home_cwd"))
+        .env_remove("ATTEND_MODELS")
+        .stdin(Stdio::null());
+    match home {
+        Some(home) => command.env("HOME", home),
+        None => command.env_remove("HOME"),
+    };
+    command.output().unwrap()
+}
+
+#[test]
+fn default_models_dir_needs_absolute_home() {
+    let cases: [&[&str]; 3] = [
+        &["generate", "hi"],
+        &["embed", "hi"],
+        &["bench", "generate"],
+    ];
+    for args in cases {
+        let output = attend_with_home(args, None);
+        assert_one_line_error(&output, &["HOME is unset", "ATTEND_MODELS", "--model"]);
+
+        let output = attend_with_home(args, Some(""));
+        assert_one_line_error(&output, &["HOME is unset or empty", "ATTEND_MODELS"]);
+
+        let output = attend_with_home(args, Some("relative/home"));
+        assert_one_line_error(
+            &output,
+            &[
+                "HOME=relative/home is not an absolute path",
+                "ATTEND_MODELS",
+            ],
+        );
+    }
+}
+
+#[test]
+fn models_override_works_without_home() {
+    model(SMOLLM2);
+    let output = Command::new(env!("CARGO_BIN_EXE_attend"))
+        .args(["tokenize", "hi"])
+        .env("ATTEND_MODELS", models_dir())
+        .env_remove("HOME")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!output.stdout.is_empty(), "no token ids printed");
+}
+
+/// Returns the help text of a command's `--threads` option.
+fn threads_help(command: &str) -> String {
+    let mut args: Vec<&str> = command.split(' ').collect();
+    args.push("--help");
+    let output = attend(&args);
+    assert!(output.status.success(), "{command} --help failed");
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    let lines: Vec<&str> = help.lines().map(str::trim).collect();
+    let index = lines
+        .iter()
+        .position(|line| line.starts_with("--threads"))
+        .unwrap_or_else(|| panic!("{command} --help has no --threads: {help}"));
+    // clap puts the text beside the option, or on the next line when the
+    // command's help is wide.
+    let text = lines[index]
+        .trim_start_matches("--threads <THREADS>")
+        .trim();
+    if text.is_empty() {
+        lines[index + 1].to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+#[test]
+fn threads_help_is_the_same_everywhere() {
+    let expected =
+        "Worker threads [default: $RAYON_NUM_THREADS, else one per available logical CPU]";
+    for command in [
+        "bench generate",
+        "bench decode",
+        "bench attention",
+        "bench embed",
+        "bench matmul",
+        "bench machine",
+        "generate",
+        "chat",
+        "perplexity",
+    ] {
+        assert_eq!(threads_help(command), expected, "{command}");
+    }
+}
+
+#[test]
+fn bench_default_threads_follow_rayon() {
+    let smollm2 = model(SMOLLM2);
+    let minilm = models_dir().join("all-MiniLM-L6-v2");
+    let minilm = minilm.to_str().unwrap();
+    let attention = "attention --seq-len 8 --heads 1 --head-dim 8 --min-time-ms 0 --min-runs 1";
+    let decode = "decode --kv-len 8 --heads 1 --kv-heads 1 --head-dim 8 --runs 1";
+    let generate = format!("generate --model {smollm2} --prompt-tokens 1 --gen-tokens 0 --quiet");
+    let embed = format!("embed --model {minilm} --batch 1 --tokens 2");
+    let matmul = "matmul --type q4_0 --rows 8 --cols 32 --working-set-mib 1 --seconds 0.01";
+    let machine = "machine --gemm-size 8 --copy-mib 1 --seconds 0.01";
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    for command in [attention, decode, &generate, &embed, matmul, machine] {
+        let mut args = vec!["bench"];
+        args.extend(command.split(' '));
+        args.push("--json");
+        for (rayon_threads, expected) in [(None, cores), (Some("1"), 1)] {
+            let mut run = Command::new(env!("CARGO_BIN_EXE_attend"));
+            run.args(&args);
+            match rayon_threads {
+                Some(value) => run.env("RAYON_NUM_THREADS", value),
+                None => run.env_remove("RAYON_NUM_THREADS"),
+            };
+            let output = run.output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{command}: {stderr}");
+            let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(
+                json["threads"], expected,
+                "{command} with {rayon_threads:?}"
+            );
+        }
     }
 }

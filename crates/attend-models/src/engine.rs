@@ -45,7 +45,10 @@ pub struct GenerateOutput {
     /// The generated text, without a stop string or end-of-generation token.
     pub text: String,
     pub prefill_tokens_per_s: f64,
-    pub decode_tokens_per_s: f64,
+    /// Decode steps (sampled tokens fed back through the model) per second, the
+    /// sampling time included. `None` when no decode step ran, because generation
+    /// stopped at the first sampled token or `max_tokens` is 0.
+    pub decode_tokens_per_s: Option<f64>,
     pub stop_reason: StopReason,
 }
 
@@ -245,7 +248,7 @@ impl Engine {
             tokens,
             text,
             prefill_tokens_per_s: rate(prompt.len(), prefill_s),
-            decode_tokens_per_s: rate(decoded, decode_s),
+            decode_tokens_per_s: (decoded > 0).then(|| rate(decoded, decode_s)),
             stop_reason,
         })
     }
