@@ -11,7 +11,7 @@
 # Usage: scripts/fetch-models.sh [smollm2] [gemma3] [minilm]   (default: all three)
 set -euo pipefail
 
-dest=${ATTEND_MODELS:-$HOME/.cache/attend/models}
+dest=${ATTEND_MODELS:-${HOME:?HOME is unset; set ATTEND_MODELS to the model folder}/.cache/attend/models}
 mkdir -p "$dest"
 python=${PYTHON:-python3}
 
