@@ -361,7 +361,7 @@ fn batch_bits(threads: usize, isa: Isa) -> (Vec<u32>, Vec<u32>) {
 
 #[test]
 fn decode_is_bitwise_deterministic() {
-    for isa in [Isa::Portable, Isa::detect()] {
+    for isa in available_isas() {
         let one = batch_bits(1, isa);
         assert_eq!(one, batch_bits(2, isa), "{isa:?}: 1 vs 2 threads");
         assert_eq!(one, batch_bits(3, isa), "{isa:?}: 1 vs 3 threads");
