@@ -4,7 +4,7 @@
 mod decode_support;
 
 use attend::decode::SPLIT_TOKENS;
-use attend::kv::{KvCache, KvConfig, KvDtype, SeqId};
+use attend::kv::{KvCache, KvConfig, KvDtype, PagedCache, SeqId};
 use attend::{
     attention_reference, decode, decode_reference, AttendError, AttentionParams, Bshd, BshdMut, Isa,
 };
@@ -46,6 +46,14 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
+/// Returns the instruction sets this CPU can run, portable first.
+fn available_isas() -> Vec<Isa> {
+    [Isa::Portable, Isa::Avx2Fma, Isa::Avx512, Isa::Neon]
+        .into_iter()
+        .filter(|isa| isa.is_available())
+        .collect()
+}
+
 /// One randomly drawn decode case.
 #[derive(Debug, Clone)]
 struct Case {
@@ -69,7 +77,7 @@ struct Case {
 fn kinds() -> impl Strategy<Value = CacheKind> {
     prop_oneof![
         Just(CacheKind::Contiguous),
-        (1usize..20).prop_map(|block_size| CacheKind::Paged { block_size }),
+        prop_oneof![1usize..20, Just(64)].prop_map(|block_size| CacheKind::Paged { block_size }),
         (1usize..80, 0usize..4).prop_map(|(window, sinks)| CacheKind::Rolling { window, sinks }),
     ]
 }
@@ -79,13 +87,17 @@ fn bound() -> impl Strategy<Value = Option<usize>> {
 }
 
 fn cases() -> impl Strategy<Value = Case> {
-    let lengths = prop_oneof![0usize..4, 60usize..70, 250usize..262, 505usize..520];
+    let lengths = prop_oneof![
+        0usize..4,
+        14usize..19,
+        30usize..35,
+        60usize..70,
+        250usize..262,
+        505usize..520
+    ];
     (
-        (
-            1usize..4,
-            prop_oneof![Just(1usize), Just(2), Just(3), Just(4)],
-        ),
-        prop_oneof![Just(1usize), Just(3), Just(8), Just(64), Just(67)],
+        (1usize..4, 1usize..10),
+        prop::sample::select(vec![1usize, 3, 8, 16, 17, 64, 67, 128, 256]),
         1usize..4,
         lengths,
         1u32..4,
@@ -98,7 +110,7 @@ fn cases() -> impl Strategy<Value = Case> {
         kinds(),
         (any::<bool>(), bound(), bound()),
         (prop_oneof![Just(None), Just(Some(5.0f32))], any::<bool>()),
-        prop_oneof![Just(Isa::Portable), Just(Isa::detect())],
+        prop::sample::select(available_isas()),
         any::<u64>(),
     )
         .prop_map(
@@ -142,8 +154,11 @@ fn build(case: &Case) -> (Box<dyn KvCache>, Vec<f32>, Vec<f32>) {
     let mut cache = make_cache(case.kind, config, case.appended.max(1));
     let k = random_values(case.appended * row_len, case.seed);
     let v = random_values(case.appended * row_len, case.seed ^ 1);
+    // Odd seeds start at position 2, so positions differ from indices. Even seeds start
+    // at 0, so with stride 1 the index-based attention oracle applies too.
+    let first_position = 2 * (case.seed % 2) as u32;
     let positions: Vec<u32> = (0..case.appended as u32)
-        .map(|t| 2 + t * case.position_stride)
+        .map(|t| first_position + t * case.position_stride)
         .collect();
     cache.append(SeqId(0), &k, &v, &positions).unwrap();
     let q = random_values(case.q_len * n_heads * case.head_dim, case.seed ^ 2);
@@ -151,41 +166,52 @@ fn build(case: &Case) -> (Box<dyn KvCache>, Vec<f32>, Vec<f32>) {
     (cache, q, sinks)
 }
 
+/// Decodes `case` on its instruction set and checks the result against
+/// [`decode_reference`], and against [`attention_reference`] when positions equal indices.
+fn assert_case_matches_reference(case: &Case) {
+    let (cache, q, sinks) = build(case);
+    let n_heads = case.n_kv_heads * case.group;
+    let view = cache.view(SeqId(0)).unwrap();
+    let params = AttentionParams {
+        causal: case.causal,
+        window: (case.left, case.right),
+        softcap: case.softcap,
+        sinks: case.with_sinks.then_some(&sinks[..]),
+        isa: Some(case.isa),
+        ..Default::default()
+    };
+    let (out, lse) = run_decode(&q, case.q_len, n_heads, case.head_dim, &[view], &params);
+
+    let q_view = Bshd::contiguous(&q, 1, case.q_len, n_heads, case.head_dim).unwrap();
+    let expected = decode_reference(q_view, &[view], &params).unwrap();
+    let tolerance = tolerance(case.head_dim, view.len());
+    assert_close(&format!("{case:?}: out"), &out, &expected.out, tolerance);
+    assert_close(&format!("{case:?}: lse"), &lse, &expected.lse, tolerance);
+
+    // With positions 0, 1, 2, ... and no token dropped, positions equal indices, so
+    // the index-based attention oracle over the dequantised cache must agree too.
+    let dense = view.to_dense();
+    let consecutive = dense
+        .positions
+        .iter()
+        .enumerate()
+        .all(|(i, &p)| p == i as u32);
+    if consecutive {
+        let k = Bshd::contiguous(&dense.k, 1, view.len(), case.n_kv_heads, case.head_dim).unwrap();
+        let v = Bshd::contiguous(&dense.v, 1, view.len(), case.n_kv_heads, case.head_dim).unwrap();
+        let oracle = attention_reference(q_view, k, v, &params).unwrap();
+        let what = format!("{case:?}: vs attention oracle");
+        assert_close(&format!("{what}: out"), &out, &oracle.out, tolerance);
+        assert_close(&format!("{what}: lse"), &lse, &oracle.lse, tolerance);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
     fn decode_matches_reference(case in cases()) {
-        let (cache, q, sinks) = build(&case);
-        let n_heads = case.n_kv_heads * case.group;
-        let view = cache.view(SeqId(0)).unwrap();
-        let params = AttentionParams {
-            causal: case.causal,
-            window: (case.left, case.right),
-            softcap: case.softcap,
-            sinks: case.with_sinks.then_some(&sinks[..]),
-            isa: Some(case.isa),
-            ..Default::default()
-        };
-        let (out, lse) = run_decode(&q, case.q_len, n_heads, case.head_dim, &[view], &params);
-
-        let q_view = Bshd::contiguous(&q, 1, case.q_len, n_heads, case.head_dim).unwrap();
-        let expected = decode_reference(q_view, &[view], &params).unwrap();
-        let tolerance = tolerance(case.head_dim, view.len());
-        assert_close("out", &out, &expected.out, tolerance);
-        assert_close("lse", &lse, &expected.lse, tolerance);
-
-        // With positions 0, 1, 2, ... and no token dropped, positions equal indices, so
-        // the index-based attention oracle over the dequantised cache must agree too.
-        let dense = view.to_dense();
-        let consecutive = dense.positions.iter().enumerate().all(|(i, &p)| p == i as u32);
-        if consecutive {
-            let k = Bshd::contiguous(&dense.k, 1, view.len(), case.n_kv_heads, case.head_dim).unwrap();
-            let v = Bshd::contiguous(&dense.v, 1, view.len(), case.n_kv_heads, case.head_dim).unwrap();
-            let oracle = attention_reference(q_view, k, v, &params).unwrap();
-            assert_close("out vs attention oracle", &out, &oracle.out, tolerance);
-            assert_close("lse vs attention oracle", &lse, &oracle.lse, tolerance);
-        }
+        assert_case_matches_reference(&case);
     }
 }
 
@@ -335,7 +361,7 @@ fn batch_bits(threads: usize, isa: Isa) -> (Vec<u32>, Vec<u32>) {
 
 #[test]
 fn decode_is_bitwise_deterministic() {
-    for isa in [Isa::Portable, Isa::detect()] {
+    for isa in available_isas() {
         let one = batch_bits(1, isa);
         assert_eq!(one, batch_bits(2, isa), "{isa:?}: 1 vs 2 threads");
         assert_eq!(one, batch_bits(3, isa), "{isa:?}: 1 vs 3 threads");
@@ -644,4 +670,171 @@ fn huge_window_equals_no_window() {
         run_decode(&q, 1, n_heads, head_dim, &[view], &huge),
         expected
     );
+}
+
+#[test]
+fn head_dims_and_groups_match_reference() {
+    // Head dims around the 16-lane vectors and the unrolled copies for 64, 128 and 256.
+    // Groups 1 to 9 make the score and value products run every row block: 4, 3, 2 and
+    // 1 rows for scores, 6, 4, 3, 2 and 1 for values. The lengths end on and one past
+    // the 16-token sub-blocks, the 64-token tiles and the 256-token splits.
+    let head_dims = [1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 255, 256, 257];
+    let lengths = [15, 16, 17, 63, 64, 65, 255, 256, 257];
+    let mut case_idx = 0;
+    for head_dim in head_dims {
+        for group in 1..=9 {
+            for q_len in [1, 2] {
+                case_idx += 1;
+                for isa in available_isas() {
+                    assert_case_matches_reference(&Case {
+                        n_kv_heads: 1 + case_idx % 3,
+                        group,
+                        head_dim,
+                        q_len,
+                        appended: lengths[case_idx % lengths.len()],
+                        position_stride: 1,
+                        dtype: DTYPES[case_idx % DTYPES.len()],
+                        kind: CacheKind::Contiguous,
+                        causal: q_len > 1,
+                        left: None,
+                        right: None,
+                        softcap: None,
+                        with_sinks: false,
+                        isa,
+                        seed: case_idx as u64,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cache_runs_match_reference() {
+    // Paged blocks shorter than a 16-token sub-block, not dividing one, equal to one
+    // and equal to a tile, and rolling caches after wrap-around with and without sinks.
+    // Each view splits into runs, and a split or the cache may end inside a run, so the
+    // decode kernel and its prefetches cross run, tile and split ends at many offsets.
+    let kinds = [
+        CacheKind::Contiguous,
+        CacheKind::Paged { block_size: 1 },
+        CacheKind::Paged { block_size: 3 },
+        CacheKind::Paged { block_size: 16 },
+        CacheKind::Paged { block_size: 17 },
+        CacheKind::Paged { block_size: 64 },
+        CacheKind::Rolling {
+            window: 100,
+            sinks: 4,
+        },
+        CacheKind::Rolling {
+            window: 50,
+            sinks: 0,
+        },
+    ];
+    let lengths = [
+        1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 256, 257, 288, 289, 513,
+    ];
+    let mut case_idx = 0;
+    for kind in kinds {
+        for dtype in DTYPES {
+            for appended in lengths {
+                case_idx += 1;
+                for isa in available_isas() {
+                    assert_case_matches_reference(&Case {
+                        n_kv_heads: 1 + case_idx % 3,
+                        group: 1 + case_idx % 4,
+                        head_dim: [16, 64, 17, 128][case_idx % 4],
+                        q_len: 1 + case_idx % 3,
+                        appended,
+                        position_stride: 1 + (case_idx % 2) as u32,
+                        dtype,
+                        kind,
+                        causal: case_idx % 2 == 0,
+                        left: (case_idx % 3 == 0).then_some(20),
+                        right: (case_idx % 3 == 0).then_some(0),
+                        softcap: (case_idx % 5 == 0).then_some(5.0),
+                        with_sinks: case_idx % 7 == 0,
+                        isa,
+                        seed: case_idx as u64,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_paged_blocks_match_reference() {
+    // Three sequences share blocks: one is the source, one attaches its registered
+    // prefix and appends its own tokens, and one is forked from the source and then
+    // appends, which copies a shared, partly filled last block on write. Their block
+    // tables jump between pool blocks, and the batch decodes them together.
+    let (n_kv_heads, group, head_dim) = (2, 3, 64);
+    let n_heads = n_kv_heads * group;
+    let row_len = n_kv_heads * head_dim;
+    let (source, prefixed, forked) = (SeqId(0), SeqId(1), SeqId(2));
+    for block_size in [1, 3, 16, 17, 64] {
+        for dtype in DTYPES {
+            let config = KvConfig::new(n_kv_heads, head_dim, dtype);
+            let mut cache = PagedCache::new(config, 1200 / block_size + 8, block_size).unwrap();
+            let len = 300;
+            let ids: Vec<u32> = (0..len as u32).collect();
+            let positions: Vec<u32> = (0..len as u32).collect();
+            let k = random_values(len * row_len, block_size as u64);
+            let v = random_values(len * row_len, block_size as u64 + 1);
+            cache.add_sequence(source).unwrap();
+            cache
+                .append_tokens(source, &ids, &k, &v, &positions)
+                .unwrap();
+
+            let attached = cache
+                .add_sequence_with_prefix(prefixed, &ids[..270], &positions[..270])
+                .unwrap();
+            assert!(attached > 0, "block size {block_size}: no prefix attached");
+            let extra = len + 40 - attached;
+            let own_ids: Vec<u32> = (0..extra as u32).map(|t| 10_000 + t).collect();
+            let own_positions: Vec<u32> = (attached as u32..(attached + extra) as u32).collect();
+            let k_own = random_values(extra * row_len, 77);
+            let v_own = random_values(extra * row_len, 78);
+            cache
+                .append_tokens(prefixed, &own_ids, &k_own, &v_own, &own_positions)
+                .unwrap();
+
+            cache.fork(source, forked).unwrap();
+            let k_fork = random_values(20 * row_len, 79);
+            let v_fork = random_values(20 * row_len, 80);
+            let fork_positions: Vec<u32> = (len as u32..len as u32 + 20).collect();
+            cache
+                .append(forked, &k_fork, &v_fork, &fork_positions)
+                .unwrap();
+
+            let first_block = cache.block_table(source).unwrap()[0];
+            assert_eq!(
+                cache.ref_count(first_block),
+                Some(3),
+                "block size {block_size}: first block not shared by all three sequences"
+            );
+
+            let views: Vec<_> = [source, prefixed, forked]
+                .into_iter()
+                .map(|seq| cache.view(seq).unwrap())
+                .collect();
+            let q_len = 2;
+            let q = random_values(views.len() * q_len * n_heads * head_dim, 81);
+            let q_view = Bshd::contiguous(&q, views.len(), q_len, n_heads, head_dim).unwrap();
+            let tolerance = tolerance(head_dim, len + 40);
+            for isa in available_isas() {
+                let params = AttentionParams {
+                    causal: true,
+                    isa: Some(isa),
+                    ..Default::default()
+                };
+                let (out, lse) = run_decode(&q, q_len, n_heads, head_dim, &views, &params);
+                let expected = decode_reference(q_view, &views, &params).unwrap();
+                let what = format!("block size {block_size}, {dtype}, {isa:?}");
+                assert_close(&format!("{what}: out"), &out, &expected.out, tolerance);
+                assert_close(&format!("{what}: lse"), &lse, &expected.lse, tolerance);
+            }
+        }
+    }
 }

@@ -20,9 +20,9 @@
 //! [`Simd::qk_rows`], and the V rows go the same way into [`Simd::pv_rows`]. Both walk
 //! the tile in sub-blocks of 16 tokens that visit every kv head before moving on, so
 //! memory is read nearly in order, and each call prefetches a share of the rows 32
-//! tokens ahead. The splits of a sequence are then merged in split order through their log-sum-exp, so
-//! the result depends on the split size (a constant) and not on the number of threads:
-//! it is bitwise identical for any thread count.
+//! tokens ahead. The splits of a sequence are then merged in split order through their
+//! log-sum-exp, so the result depends on the split size (a constant) and not on the
+//! number of threads: it is bitwise identical for any thread count.
 //!
 //! Masks are measured in positions, not in indices, so rolling caches after wrap-around
 //! and attention-sink tokens see the right keys; see [`decode`]. [`decode_reference`] is

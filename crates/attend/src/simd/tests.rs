@@ -392,3 +392,177 @@ fn unavailable_isa_is_an_error() {
     }
     assert!(Isa::detect().is_available());
 }
+
+/// Returns the rows of a strided `[rows, row_len]` slice of `len` elements that fit, up
+/// to `rows`, counted one row at a time: the contract that the `*_shape` helpers compute
+/// in closed form.
+fn fitting_rows(len: usize, row_stride: usize, rows: usize, row_len: usize) -> usize {
+    (0..rows)
+        .take_while(|&r| r * row_stride + row_len <= len)
+        .count()
+}
+
+/// One row-product call with slices that may be shorter than the requested shape.
+#[derive(Debug, Clone, Copy)]
+struct ShortCall {
+    rows: usize,
+    cols: usize,
+    head_dim: usize,
+    /// Distance between key or value rows, which may be below head_dim (overlapping rows).
+    kv_row_stride: usize,
+    /// Distance between score or probability rows, which may be below `cols`.
+    s_row_stride: usize,
+    /// Elements cut from the end of the key or value slice.
+    kv_cut: usize,
+    /// Elements cut from the end of the score or probability slice.
+    s_cut: usize,
+}
+
+/// Calls with short, overlapping or degenerate slices around the 16-key blocks, the
+/// unrolled head dims and the 4- and 6-row blocks.
+fn short_calls() -> Vec<ShortCall> {
+    let mut calls = Vec::new();
+    let mut seed = 0x2545_f491_u64;
+    let mut next = |bound: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % bound as u64) as usize
+    };
+    for head_dim in [1, 15, 16, 17, 64, 65, 128, 256] {
+        for _ in 0..12 {
+            let cols = next(40);
+            let kv_row_stride = match next(4) {
+                0 => 0,
+                1 => head_dim / 2,
+                _ => head_dim + next(3),
+            };
+            let s_row_stride = match next(3) {
+                0 => cols / 2,
+                _ => cols + next(3),
+            };
+            calls.push(ShortCall {
+                rows: next(10),
+                cols,
+                head_dim,
+                kv_row_stride,
+                s_row_stride,
+                kv_cut: next(3 * head_dim + 2),
+                s_cut: next(2 * s_row_stride + 2),
+            });
+        }
+    }
+    calls
+}
+
+/// Runs `qk_rows` and `pv_rows` on [`short_calls`] with keys and values in each storage
+/// type, and checks each against a plain f64 loop over the documented shape. Scores
+/// outside the shape must stay NaN, and output rows outside it must keep their value.
+struct ShortSlices;
+
+impl SimdOp for ShortSlices {
+    type Output = ();
+
+    fn run<S: Simd>(self, simd: S) {
+        for call in short_calls() {
+            let ShortCall {
+                rows,
+                cols,
+                head_dim,
+                kv_row_stride,
+                s_row_stride,
+                kv_cut,
+                s_cut,
+            } = call;
+            let kv_len = (cols.saturating_sub(1) * kv_row_stride + head_dim).saturating_sub(kv_cut);
+            let s_len = (rows * s_row_stride).saturating_sub(s_cut);
+            let kv = values(kv_len, 4);
+            let kv_f16: Vec<f16> = kv.iter().map(|&x| f16::from_f32(x)).collect();
+            let kv_bf16: Vec<bf16> = kv.iter().map(|&x| bf16::from_f32(x)).collect();
+            let q = values(rows * head_dim, 7);
+            let p = values(s_len, 9);
+
+            // `cols` shrinks to the key or value rows in `kv` and to `s_row_stride`, then
+            // `rows` to the score or probability rows of that many columns.
+            let fit_cols = fitting_rows(kv_len, kv_row_stride, cols.min(s_row_stride), head_dim);
+            let fit_rows = fitting_rows(s_len, s_row_stride, rows, fit_cols);
+            for kv_rows in [Rows::F32(&kv), Rows::F16(&kv_f16), Rows::Bf16(&kv_bf16)] {
+                let isa = simd.isa();
+                let stored: Vec<f64> = match kv_rows {
+                    Rows::F32(x) => x.iter().map(|&x| f64::from(x)).collect(),
+                    Rows::F16(x) => x.iter().map(|&x| f64::from(x.to_f32())).collect(),
+                    Rows::Bf16(x) => x.iter().map(|&x| f64::from(x.to_f32())).collect(),
+                };
+                let stored = |j: usize, d: usize| stored[j * kv_row_stride + d];
+
+                let mut s = vec![f32::NAN; s_len];
+                simd.qk_rows(
+                    &q,
+                    kv_rows,
+                    kv_row_stride,
+                    cols,
+                    head_dim,
+                    0.5,
+                    &mut s,
+                    s_row_stride,
+                );
+                let mut expected = vec![f64::NAN; s_len];
+                for r in 0..fit_rows {
+                    for j in 0..fit_cols {
+                        let dot: f64 = (0..head_dim)
+                            .map(|d| f64::from(q[r * head_dim + d]) * stored(j, d))
+                            .sum();
+                        expected[r * s_row_stride + j] = 0.5 * dot;
+                    }
+                }
+                assert_shaped(isa, "qk_rows", call, &s, &expected);
+
+                let mut o = vec![0.25; rows * head_dim];
+                simd.pv_rows(
+                    &p,
+                    s_row_stride,
+                    kv_rows,
+                    kv_row_stride,
+                    cols,
+                    head_dim,
+                    &mut o,
+                );
+                let mut expected = vec![0.25; rows * head_dim];
+                for r in 0..fit_rows {
+                    for d in 0..head_dim {
+                        expected[r * head_dim + d] += (0..fit_cols)
+                            .map(|j| f64::from(p[r * s_row_stride + j]) * stored(j, d))
+                            .sum::<f64>();
+                    }
+                }
+                assert_shaped(isa, "pv_rows", call, &o, &expected);
+            }
+        }
+    }
+}
+
+/// Asserts that `got` matches `expected` within f32 rounding of a short sum, and that
+/// `got` is NaN where `expected` is NaN (outside the documented shape).
+fn assert_shaped(isa: Isa, what: &str, call: ShortCall, got: &[f32], expected: &[f64]) {
+    for (i, (&x, &y)) in got.iter().zip(expected).enumerate() {
+        if y.is_nan() {
+            assert!(
+                x.is_nan(),
+                "{isa:?} {what} {call:?}: wrote {x} at {i}, outside the shape"
+            );
+            continue;
+        }
+        // At most 256 products of magnitude <= 1, summed in f32 in any order.
+        assert!(
+            (f64::from(x) - y).abs() <= 1e-4,
+            "{isa:?} {what} {call:?}: {x} at {i}, expected {y}"
+        );
+    }
+}
+
+#[test]
+fn row_products_shrink_to_short_slices() {
+    for isa in available_isas() {
+        dispatch(isa, ShortSlices).unwrap();
+    }
+}
