@@ -274,6 +274,20 @@ fn block_table_checks() {
     ));
     assert!(cache.view_blocks(&[], 0).unwrap().is_empty());
 
+    // B holds positions 0..6 in two blocks of 4: the full first block, then 2 tokens.
+    assert_eq!(cache.view_blocks(&table, 2).unwrap().len(), 6);
+    let reversed = [table[1], table[0]];
+    let partly_filled_first = [table[1], table[1]];
+    for bad_table in [&reversed[..], &partly_filled_first[..]] {
+        assert!(
+            matches!(
+                cache.view_blocks(bad_table, 2),
+                Err(KvError::InvalidBlockTable { .. })
+            ),
+            "{bad_table:?}"
+        );
+    }
+
     let malformed = [
         BlockTableCsr {
             indptr: vec![0],

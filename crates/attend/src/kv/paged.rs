@@ -217,7 +217,9 @@ impl PagedCache {
     /// # Errors
     /// [`KvError::BlockOutOfRange`], [`KvError::FreedBlock`] for a block with reference
     /// count 0, [`KvError::InvalidBlockTable`] when `last_block_len` is not in
-    /// `1..=block_size` (or not 0 for an empty table).
+    /// `1..=block_size` (or not 0 for an empty table), or when the positions of the
+    /// viewed tokens do not increase (blocks out of order, or a block before the last
+    /// that is not full).
     pub fn view_blocks<'a>(
         &'a self,
         indices: &'a [u32],
@@ -250,7 +252,7 @@ impl PagedCache {
                 ),
             });
         }
-        Ok(KvSeqView::from_blocks(
+        let view = KvSeqView::from_blocks(
             self.config,
             &self.k,
             &self.v,
@@ -258,7 +260,26 @@ impl PagedCache {
             indices,
             self.block_size,
             last_block_len,
-        ))
+        );
+        // The kernels skip and mask whole tiles by their first and last positions, so a
+        // view must list its tokens in increasing position order. A table with blocks out
+        // of order, or with a partly filled block before the last, breaks that.
+        let mut previous: Option<u32> = None;
+        let positions = view
+            .chunks()
+            .flat_map(|chunk| chunk.positions.iter().copied());
+        for (token, position) in positions.enumerate() {
+            if let Some(before) = previous.filter(|&before| position <= before) {
+                return Err(KvError::InvalidBlockTable {
+                    reason: format!(
+                        "token {token} (block {}) has position {position}, not above the {before} before it; list a sequence's blocks in order, each full but the last",
+                        indices[token / self.block_size]
+                    ),
+                });
+            }
+            previous = Some(position);
+        }
+        Ok(view)
     }
 
     /// Borrows sequence `seq_idx` of a CSR block table after checking it.

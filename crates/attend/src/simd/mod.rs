@@ -116,8 +116,8 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// Key or value rows in their storage type, borrowed for [`Simd::qk_rows`] and
-/// [`Simd::pv_tile`]. The products widen f16 and bf16 rows to f32 as they load them, so
+/// Key or value rows in their storage type, borrowed for [`Simd::qk_rows`],
+/// [`Simd::pv_tile`] and [`Simd::pv_rows`]. The products widen f16 and bf16 rows to f32 as they load them, so
 /// no f32 copy of the rows is written. All arithmetic is f32.
 #[derive(Debug, Clone, Copy)]
 pub enum Rows<'a> {
