@@ -40,7 +40,7 @@ fn run(
 }
 
 fn all_isas() -> Vec<Isa> {
-    vec![Isa::Portable, Isa::detect()]
+    attention_support::available_isas()
 }
 
 #[test]
