@@ -127,8 +127,20 @@ pub const THREADS_HELP: &str =
 /// threads until the machine runs out.
 pub const MAX_THREADS: usize = 1024;
 
-/// Checks a `--threads` value: at least 1 and at most [`MAX_THREADS`].
+/// Checks a `--threads` value: at least 1 and at most [`MAX_THREADS`]. Without one,
+/// rayon sizes its pools from `RAYON_NUM_THREADS`, which gets the same upper bound.
 pub fn check_threads(threads: Option<usize>) -> Result<(), String> {
+    if threads.is_none() {
+        let from_env = std::env::var("RAYON_NUM_THREADS").ok();
+        // rayon ignores values that are not a number, and 0 means its default.
+        if let Some(n) = from_env.and_then(|value| value.trim().parse::<usize>().ok()) {
+            if n > MAX_THREADS {
+                return Err(format!(
+                    "RAYON_NUM_THREADS={n} is too many; set at most {MAX_THREADS}, or pass --threads"
+                ));
+            }
+        }
+    }
     match threads {
         Some(0) => {
             Err("--threads 0 is invalid; pass at least 1, or omit it for one per core".into())

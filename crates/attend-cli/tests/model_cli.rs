@@ -665,6 +665,26 @@ fn threads_beyond_the_bound() {
 }
 
 #[test]
+fn rayon_threads_beyond_the_bound() {
+    // Without --threads, rayon would start RAYON_NUM_THREADS workers.
+    let output = Command::new(env!("CARGO_BIN_EXE_attend"))
+        .args([
+            "bench",
+            "attention",
+            "--seq-len",
+            "8",
+            "--heads",
+            "1",
+            "--head-dim",
+            "8",
+        ])
+        .env("RAYON_NUM_THREADS", "100000")
+        .output()
+        .expect("the attend binary runs");
+    assert_one_line_error(&output, &["RAYON_NUM_THREADS=100000", "at most 1024"]);
+}
+
+#[test]
 fn bench_attention_rejects_zero_sizes() {
     let sizes = [
         ("--seq-len", "8"),
