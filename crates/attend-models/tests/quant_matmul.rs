@@ -117,6 +117,20 @@ fn prefill_512_tokens() {
 }
 
 #[test]
+fn token_counts_around_the_row_kernel_limit() {
+    // Up to 16 tokens (8 for the 256-weight types) go through the single-token row
+    // kernel token by token, more through the tiles; both sides of each limit.
+    for ty in QUANTIZED {
+        let cols = if ty.block_elems() == 256 { 512 } else { 96 };
+        for tokens in [2, 8, 9, 16, 17] {
+            for isa in available_isas() {
+                check_product(ty, 37, cols, tokens, isa, tokens as u64).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
 fn more_rows_than_one_task() {
     // Enough rows that the work splits into many tasks and a partial row tile.
     for ty in [GgmlType::Q4_1, GgmlType::Q4_K] {

@@ -23,6 +23,25 @@ const PREFETCH_ROWS_AHEAD: usize = 2 * MAX_TILE_ROWS;
 /// Tasks per rayon thread, so uneven tasks still balance.
 pub(super) const TASKS_PER_THREAD: usize = 8;
 
+/// Returns the most tokens a product with weights of type `ty` runs through the
+/// single-token row kernel, one token after another, rather than through the unpacked
+/// tiles. On Zen 4 (`attend bench matmul`, 1536 x 576 and 1536 x 768) the row kernel
+/// ran 97 to 108 GFLOP/s at 2 to 16 tokens, while the tiles ran 14 to 22 at 2 tokens
+/// and caught up at about 24 tokens for the 32-weight types and at 8 for Q4_K and Q6_K.
+fn row_kernel_max_tokens(ty: GgmlType) -> usize {
+    if ty.block_elems() == 32 {
+        16
+    } else {
+        8
+    }
+}
+
+/// Returns whether a product of `tokens` tokens with weights of type `ty` runs on the
+/// single-token row kernel of `isa`.
+fn uses_row_kernel(ty: GgmlType, tokens: usize, isa: Isa) -> bool {
+    has_row_kernel(isa) && tokens <= row_kernel_max_tokens(ty)
+}
+
 /// Treatment of the f32 activations in a product with quantized weights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Activations {
@@ -208,11 +227,13 @@ fn quantize_for(
     isa: Isa,
 ) -> Result<QuantizedActivations, QuantError> {
     let acts = QuantizedActivations::quantize(x, tokens, cols, ty)?;
-    Ok(if tokens > 1 && isa.interleaves_tiles() {
-        acts.into_interleaved()
-    } else {
-        acts
-    })
+    Ok(
+        if !uses_row_kernel(ty, tokens, isa) && isa.interleaves_tiles() {
+            acts.into_interleaved()
+        } else {
+            acts
+        },
+    )
 }
 
 /// Computes `out[t, r] = sum_c W[r, c] * x_hat[t, c]` from activations
@@ -483,8 +504,14 @@ fn check_f32_len(
 fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
     let (rows, cols, tokens) = (w.rows, w.cols, acts.tokens());
     let row_bytes = w.row_bytes();
-    if tokens == 1 && has_row_kernel(isa) {
-        matvec_direct(w, acts, out, isa);
+    // The row kernel reads activations in row order; prequantised ones put in the
+    // tiles' order go through the tiles.
+    if uses_row_kernel(w.ty, tokens, isa) && !acts.is_interleaved() {
+        if tokens == 1 {
+            matvec_direct(w, acts, out, isa);
+        } else {
+            matmul_few_tokens(w, acts, out, isa);
+        }
         return;
     }
     let acts = acts.for_tiles(isa);
@@ -553,7 +580,33 @@ fn matvec_direct(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], 
         });
 }
 
-/// Computes rows `r0..r0 + out.len()` of the single-token product.
+/// Computes a product of 2 to [`row_kernel_max_tokens`] tokens with the single-token
+/// row kernel, token after token on each group of weight rows while it is in cache.
+/// `out: [tokens, rows]`.
+fn matmul_few_tokens(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
+    let tokens = acts.tokens();
+    let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
+    let chunk_rows = w.rows.div_ceil(target_tasks).max(MAX_TILE_ROWS);
+    let shared_out = SharedOut::new(out);
+    (0..w.rows.div_ceil(chunk_rows))
+        .into_par_iter()
+        .for_each(|chunk_idx| {
+            let r0 = chunk_idx * chunk_rows;
+            let n = chunk_rows.min(w.rows - r0);
+            let mut chunk_out = vec![0.0; tokens * n];
+            matvec_rows(w, acts, r0, &mut chunk_out, isa);
+            for (t, values) in chunk_out.chunks_exact(n).enumerate() {
+                for (i, &value) in values.iter().enumerate() {
+                    // SAFETY: rows r0..r0 + n belong to this task alone, so no other
+                    // task writes (t, r0 + i), which lies inside `out: [tokens, rows]`.
+                    unsafe { shared_out.write(t * w.rows + r0 + i, value) };
+                }
+            }
+        });
+}
+
+/// Computes rows `r0..r0 + n` of the product for every token of `acts`, with `n =
+/// out.len() / tokens`. `out: [tokens, n]`.
 fn matvec_rows(w: &QuantMatrix, acts: &QuantizedActivations, r0: usize, out: &mut [f32], isa: Isa) {
     // Rows per kernel call. Four rows share their activation loads, which made the
     // 32-weight block types 1.1-1.25x faster on Zen 4 (`attend bench matmul`). The
@@ -574,21 +627,39 @@ fn matvec_row_groups<const GROUP_ROWS: usize>(
 ) {
     let row_bytes = w.row_bytes();
     let rows_bytes = |r: usize, count: usize| &w.data[r * row_bytes..(r + count) * row_bytes];
-    let (codes, scales, sums) = (&acts.codes[..], &acts.lane_scales[..], &acts.group_sums[..]);
-    let rest_r0 = r0 + out.len() / GROUP_ROWS * GROUP_ROWS;
+    let tokens = acts.tokens();
+    let n = out.len() / tokens;
+    let p = acts.padded();
+    // The codes, lane scales and group sums of token t.
+    let token_acts = |t: usize| {
+        (
+            &acts.codes[t * p..(t + 1) * p],
+            &acts.lane_scales[t * p / LANE..(t + 1) * p / LANE],
+            &acts.group_sums[t * p / GROUP..(t + 1) * p / GROUP],
+        )
+    };
 
-    let mut groups = out.chunks_exact_mut(GROUP_ROWS);
-    for (group_idx, group_out) in (&mut groups).enumerate() {
+    let groups = n / GROUP_ROWS;
+    for group_idx in 0..groups {
         let r = r0 + group_idx * GROUP_ROWS;
         let ahead = (r + PREFETCH_ROWS_AHEAD).min(w.rows);
         prefetch(rows_bytes(ahead, GROUP_ROWS.min(w.rows - ahead)));
         let group_bytes = rows_bytes(r, GROUP_ROWS);
-        let sums = dot_rows::<GROUP_ROWS>(isa, w.ty, group_bytes, row_bytes, codes, scales, sums);
-        group_out.copy_from_slice(&sums);
+        for t in 0..tokens {
+            let (codes, scales, sums) = token_acts(t);
+            let sums =
+                dot_rows::<GROUP_ROWS>(isa, w.ty, group_bytes, row_bytes, codes, scales, sums);
+            let start = t * n + group_idx * GROUP_ROWS;
+            out[start..start + GROUP_ROWS].copy_from_slice(&sums);
+        }
     }
-    for (i, value) in groups.into_remainder().iter_mut().enumerate() {
-        let r = rest_r0 + i;
-        [*value] = dot_rows::<1>(isa, w.ty, rows_bytes(r, 1), row_bytes, codes, scales, sums);
+    for i in groups * GROUP_ROWS..n {
+        let r = r0 + i;
+        for t in 0..tokens {
+            let (codes, scales, sums) = token_acts(t);
+            [out[t * n + i]] =
+                dot_rows::<1>(isa, w.ty, rows_bytes(r, 1), row_bytes, codes, scales, sums);
+        }
     }
 }
 

@@ -139,6 +139,12 @@ impl QuantizedActivations {
         self.padded
     }
 
+    /// Returns whether the codes and lane scales are in the tile kernel's interleaved
+    /// unit order rather than row order.
+    pub(super) fn is_interleaved(&self) -> bool {
+        self.interleaved
+    }
+
     /// Puts the codes and lane scales of every token in the interleaved unit
     /// order that the AVX-512 tile kernel reads.
     pub(super) fn into_interleaved(mut self) -> QuantizedActivations {
