@@ -333,7 +333,10 @@ fn avx512_tile(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("the AVX-512 kernel is never selected off x86-64");
+    {
+        let _ = tile;
+        unreachable!("the AVX-512 kernel is never selected off x86-64");
+    }
 }
 
 /// Computes one `ROWS x 32` register tile: 2 * ROWS zmm accumulators, one broadcast of

@@ -11,7 +11,7 @@ use std::arch::aarch64::*;
 
 use half::{bf16, f16};
 
-use super::{sealed, Isa, Portable, Rows, Simd};
+use super::{sealed, Isa, Portable, Simd};
 
 /// The token for AArch64 Advanced SIMD code.
 #[derive(Debug, Clone, Copy)]
@@ -100,17 +100,8 @@ impl Simd for Neon {
         Portable.softmax_tile(st, cols, m, l, correction)
     }
 
-    fn pv_tile(
-        self,
-        pt: &[f32],
-        v: Rows<'_>,
-        v_row_stride: usize,
-        cols: usize,
-        head_dim: usize,
-        o: &mut [f32],
-    ) {
-        Portable.pv_tile(pt, v, v_row_stride, cols, head_dim, o)
-    }
+    // pv_tile and pv_rows keep the trait's versions, one NEON `axpy` per (row, key),
+    // so both layouts give the same bits.
 }
 
 #[target_feature(enable = "neon")]
