@@ -26,8 +26,8 @@ pub(super) const TASKS_PER_THREAD: usize = 8;
 /// Returns the most tokens a product with weights of type `ty` runs through the
 /// single-token row kernel, one token after another, rather than through the unpacked
 /// tiles. On Zen 4 (`attend bench matmul`, 1536 x 576 and 1536 x 768) the row kernel
-/// ran 97 to 108 GFLOP/s at 2 to 16 tokens, while the tiles ran 14 to 22 at 2 tokens
-/// and caught up at about 24 tokens for the 32-weight types and at 8 for Q4_K and Q6_K.
+/// ran 59 to 89 GFLOP/s at 2 tokens, where the tiles ran 14 to 22. The tiles caught up
+/// at about 24 tokens for the 32-weight types and at 8 for Q4_K and Q6_K.
 fn row_kernel_max_tokens(ty: GgmlType) -> usize {
     if ty.block_elems() == 32 {
         16
