@@ -433,9 +433,8 @@ fn matmul_many_with_isa(
     if tokens == 1 && has_row_kernel(isa) {
         // One task list over the rows of every quantized product.
         let total_rows: usize = products.iter().map(|p| p.out.len()).sum();
-        let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
-        let chunk_rows = total_rows.div_ceil(target_tasks).max(MAX_TILE_ROWS);
-        let mut tasks = Vec::with_capacity(target_tasks + products.len());
+        let chunk_rows = row_kernel_task_rows(total_rows);
+        let mut tasks = Vec::with_capacity(total_rows.div_ceil(chunk_rows) + products.len());
         for p in products.iter_mut() {
             let w = p.w;
             let Some(a) = acts_for(&w) else { continue };
@@ -568,11 +567,17 @@ fn matmul_quantized(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32
         });
 }
 
+/// Returns the weight rows per rayon task of the row-kernel products over `rows` rows:
+/// [`TASKS_PER_THREAD`] tasks per thread, and at least one group of rows each.
+fn row_kernel_task_rows(rows: usize) -> usize {
+    let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
+    rows.div_ceil(target_tasks).max(MAX_TILE_ROWS)
+}
+
 /// Computes the single-token product, decoding each row in registers.
 /// `out: [rows]`.
 fn matvec_direct(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
-    let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
-    let chunk_rows = w.rows.div_ceil(target_tasks).max(MAX_TILE_ROWS);
+    let chunk_rows = row_kernel_task_rows(w.rows);
     out.par_chunks_mut(chunk_rows)
         .enumerate()
         .for_each(|(chunk_idx, out_chunk)| {
@@ -585,8 +590,7 @@ fn matvec_direct(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], 
 /// `out: [tokens, rows]`.
 fn matmul_few_tokens(w: &QuantMatrix, acts: &QuantizedActivations, out: &mut [f32], isa: Isa) {
     let tokens = acts.tokens();
-    let target_tasks = TASKS_PER_THREAD * rayon::current_num_threads();
-    let chunk_rows = w.rows.div_ceil(target_tasks).max(MAX_TILE_ROWS);
+    let chunk_rows = row_kernel_task_rows(w.rows);
     let shared_out = SharedOut::new(out);
     (0..w.rows.div_ceil(chunk_rows))
         .into_par_iter()
