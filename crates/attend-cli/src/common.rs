@@ -132,8 +132,9 @@ pub const MAX_THREADS: usize = 1024;
 pub fn check_threads(threads: Option<usize>) -> Result<(), String> {
     if threads.is_none() {
         let from_env = std::env::var("RAYON_NUM_THREADS").ok();
-        // rayon ignores values that are not a number, and 0 means its default.
-        if let Some(n) = from_env.and_then(|value| value.trim().parse::<usize>().ok()) {
+        // rayon-core 1.13 parses the value without trimming it, ignores what is not a
+        // number, and takes 0 as its default.
+        if let Some(n) = from_env.and_then(|value| value.parse::<usize>().ok()) {
             if n > MAX_THREADS {
                 return Err(format!(
                     "RAYON_NUM_THREADS={n} is too many; set at most {MAX_THREADS}, or pass --threads"
