@@ -151,7 +151,7 @@ fn llamacpp_greedy(name: &str) -> Value {
 #[test]
 fn greedy_generate_matches_llamacpp() {
     // llama.cpp's first token here, " the" (260), wins by only 0.03 logits over ':'
-    // (42). With f32 activations attend follows llama.cpp for 19 tokens; token 19
+    // (42). With f32 activations attend follows llama.cpp for 19 tokens. Token 19
     // wins by 0.047, which 8-bit activation rounding does flip, so the comparison
     // stops before it.
     let case = llamacpp_greedy("colors");

@@ -119,7 +119,8 @@ fn prefill_512_tokens() {
 #[test]
 fn token_counts_around_the_row_kernel_limit() {
     // Up to 16 tokens (8 for the 256-weight types) go through the single-token row
-    // kernel token by token, more through the tiles; both sides of each limit.
+    // kernel token by token, and more go through the tiles. Each limit is tested from
+    // both sides.
     for ty in QUANTIZED {
         let cols = if ty.block_elems() == 256 { 512 } else { 96 };
         for tokens in [2, 8, 9, 16, 17] {

@@ -144,6 +144,7 @@ impl Lookahead<'_, '_> {
     /// after the tile's sub-block `sub`: its K or V rows, as `side` picks them from a
     /// chunk, and their int8 scales. The sub-block is clipped to the task and to the run
     /// that contains its first token.
+    ///
     /// Spreading a sub-block's cache lines over its product calls measured faster than
     /// prefetching a whole tile at once.
     fn prefetch(

@@ -224,10 +224,10 @@ impl Simd for Avx2Fma {
             token_stride: 1,
             row_stride: p_row_stride,
         };
-        // SAFETY: the token proves the features; `pv_rows_shape` guarantees that row
-        // `r < rows` of `p` has `cols` elements at `r * p_row_stride`, `v` has `cols`
-        // rows of `head_dim` at `v_row_stride` and `o` contains `rows * head_dim`
-        // elements.
+        // SAFETY: the token proves the features. `pv_rows_shape` guarantees that row
+        // `r < rows` of `p` has `cols` elements at `r * p_row_stride`, that `v` has
+        // `cols` rows of `head_dim` at `v_row_stride`, and that `o` contains
+        // `rows * head_dim` elements.
         unsafe {
             pv_tile(
                 probs,
@@ -604,9 +604,9 @@ impl Probs {
 /// `j < cols`, `d < head_dim`.
 ///
 /// # Safety
-/// avx2, fma and f16c must be available; `p` must hold `rows` rows of `cols`
-/// probabilities, `v` `cols` rows of `head_dim` at `v_row_stride`, and `o` `rows *
-/// head_dim` elements.
+/// avx2, fma and f16c must be available. `p` must contain `rows` rows of `cols`
+/// probabilities, `v` must contain `cols` rows of `head_dim` at `v_row_stride`, and
+/// `o` must contain `rows * head_dim` elements.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pv_tile(
     p: Probs,

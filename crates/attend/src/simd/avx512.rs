@@ -378,10 +378,10 @@ impl Avx512 {
             o: o.as_mut_ptr(),
             head_dim,
         };
-        // SAFETY: the token proves avx512f; `pv_rows_shape` guarantees that row
-        // `r < rows` of `p` has `cols` elements at `r * p_row_stride`, `v` has `cols`
-        // rows of `head_dim` at `v_row_stride` and `o` contains `rows * head_dim`
-        // elements.
+        // SAFETY: the token proves avx512f. `pv_rows_shape` guarantees that row
+        // `r < rows` of `p` has `cols` elements at `r * p_row_stride`, that `v` has
+        // `cols` rows of `head_dim` at `v_row_stride`, and that `o` contains
+        // `rows * head_dim` elements.
         unsafe { pv_tile(tile, rows) }
     }
 }
@@ -1293,8 +1293,8 @@ key_fold_level!(
     fold_halves
 );
 
-/// Returns, per row, the vector of products of the query row and key `j` of the block,
-/// whose lanes sum to the unscaled score; zeros past the block's last key.
+/// Returns, per row, the vector of products of the query row and key `j` of the block.
+/// Its lanes sum to the unscaled score, and it is zero past the block's last key.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn key_products<const ROWS: usize, const VECTORS: usize, T: Widen>(
